@@ -1,0 +1,75 @@
+"""Per-topic serializer/deserializer: contract schema in, Confluent-framed bytes out, and back.
+
+Writer schemas met on the wire are fetched once by id and resolved against the contract schema,
+so records written with an older (BACKWARD-compatible) schema still decode to today's shape.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from schemas.codec import AvroCodec, frame, split_frame
+from schemas.errors import DecodeError
+from schemas.topics import TopicSpec
+
+_UNKNOWN_ID_TTL_S = 30.0
+
+
+class SchemaSource(Protocol):
+    """What a serde needs from a registry (`schemas.registry.RegistryClient` or a test double)."""
+
+    def register(self, subject: str, schema: dict[str, Any] | str) -> int: ...
+
+    def schema_by_id(self, schema_id: int) -> str | None: ...
+
+
+class TopicSerde:
+    """Encodes and decodes the values of one contract topic."""
+
+    def __init__(self, spec: TopicSpec, registry: SchemaSource):
+        self.spec = spec
+        self.codec = AvroCodec(spec.schema)
+        self._registry = registry
+        self._schema_id: int | None = None
+        self._writers: dict[int, AvroCodec] = {}
+        self._unknown: dict[int, float] = {}
+
+    @property
+    def schema_id(self) -> int:
+        """The registry id of the contract schema, registered on first use."""
+        if self._schema_id is None:
+            self._schema_id = self._registry.register(self.spec.subject, self.spec.schema)
+            self._writers[self._schema_id] = self.codec
+        return self._schema_id
+
+    def serialize(self, record: dict[str, Any]) -> bytes:
+        return frame(self.schema_id, self.codec.encode(record))
+
+    def deserialize(self, data: bytes | None, partition: int | None = None, offset: int | None = None) -> dict[str, Any]:
+        """Decode one framed value; `DecodeError` (with topic/partition/offset) when the bytes are bad.
+
+        A `RegistryError` (registry down) is not the record's fault and propagates for a retry.
+        """
+        try:
+            schema_id, body = split_frame(data)
+            return self.codec.decode(body, self._writer(schema_id))
+        except DecodeError as exc:
+            raise exc.located(self.spec.name, partition, offset) from exc
+
+    def _writer(self, schema_id: int) -> AvroCodec:
+        writer = self._writers.get(schema_id)
+        if writer is not None:
+            return writer
+        if time.monotonic() - self._unknown.get(schema_id, -1e9) < _UNKNOWN_ID_TTL_S:
+            raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
+        text = self._registry.schema_by_id(schema_id)  # RegistryError propagates: retry, don't dead-letter
+        if text is None:
+            self._unknown[schema_id] = time.monotonic()
+            raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
+        try:
+            writer = AvroCodec(text)
+        except Exception as exc:
+            raise DecodeError("bad_writer_schema", f"schema id {schema_id} does not parse: {exc}") from exc
+        self._writers[schema_id] = writer
+        return writer

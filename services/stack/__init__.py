@@ -1,0 +1,1 @@
+"""The embedded stack: find server binaries, start/stop/supervise local processes."""

@@ -1,0 +1,1 @@
+"""Stream processing: features, windows, flows, sinks, replay, training export and drift."""

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every consumer and producer: topic admin, dead letters, client configs."""

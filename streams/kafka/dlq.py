@@ -1,0 +1,84 @@
+"""Dead letters: a record that cannot be decoded or validated goes to `<topic>.dlq`, never dropped.
+
+The original key and value bytes are kept as they were; the reason travels in headers, so ops can
+inspect with any Kafka client and re-drive the record after a fix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Producer
+
+from schemas.errors import DecodeError
+from schemas.topics import dlq_topic
+
+H_REASON = "streamml.error.reason"
+H_DETAIL = "streamml.error.detail"
+H_TOPIC = "streamml.source.topic"
+H_PARTITION = "streamml.source.partition"
+H_OFFSET = "streamml.source.offset"
+H_TIMESTAMP = "streamml.source.timestamp"
+H_FAILED_AT = "streamml.error.at"
+_MAX_DETAIL = 1000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected record and why: what goes to the DLQ."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+    timestamp_ms: int | None = None
+
+    @classmethod
+    def from_error(cls, err: DecodeError, key: bytes | None, value: bytes | None, timestamp_ms: int | None = None) -> DeadLetter:
+        return cls(err.topic or "", err.partition, err.offset, key, value, err.reason, err.detail, timestamp_ms)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        out = [
+            (H_REASON, self.reason.encode()),
+            (H_DETAIL, self.detail[:_MAX_DETAIL].encode("utf-8", "replace")),
+            (H_TOPIC, self.topic.encode()),
+            (H_FAILED_AT, str(int(time.time() * 1000)).encode()),
+        ]
+        if self.partition is not None:
+            out.append((H_PARTITION, str(self.partition).encode()))
+        if self.offset is not None:
+            out.append((H_OFFSET, str(self.offset).encode()))
+        if self.timestamp_ms is not None:
+            out.append((H_TIMESTAMP, str(self.timestamp_ms).encode()))
+        return out
+
+
+class DeadLetterPublisher:
+    """Publishes dead letters with an idempotent producer; counts them per reason via `on_sent`."""
+
+    def __init__(self, producer: Producer, on_sent: Callable[[DeadLetter], Any] | None = None):
+        self._producer = producer
+        self._on_sent = on_sent
+
+    def publish(self, letter: DeadLetter) -> None:
+        self._producer.produce(
+            dlq_topic(letter.topic), key=letter.key, value=letter.value, headers=letter.headers()
+        )
+        self._producer.poll(0)
+        if self._on_sent is not None:
+            self._on_sent(letter)
+
+    def flush(self, timeout_s: float = 10.0) -> int:
+        """Wait for delivery; returns the number of letters still undelivered."""
+        return self._producer.flush(timeout_s)
+
+
+def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
+    """Dead-letter headers as a plain dict (for ops tools and tests)."""
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or []) if k.startswith("streamml.")}

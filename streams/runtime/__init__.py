@@ -1,0 +1,1 @@
+"""What every long-running process shares: logging, metrics endpoint, shutdown on SIGTERM."""

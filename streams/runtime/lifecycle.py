@@ -1,0 +1,39 @@
+"""The shape every long-running process shares: build clients -> run loop -> flush and close on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from prometheus_client import start_http_server
+
+
+class Shutdown:
+    """Set by SIGTERM/SIGINT; loops poll `requested` or wait on it between batches."""
+
+    def __init__(self, install: bool = True):
+        self._event = threading.Event()
+        if install and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Sleep up to `timeout_s`, waking early on shutdown; True if shutdown was requested."""
+        return self._event.wait(timeout_s)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
+    """Serve the default Prometheus registry on `port` (0 = any free port); returns the port used."""
+    server, _thread = start_http_server(port, addr=host)
+    return server.server_address[1]

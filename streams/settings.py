@@ -1,0 +1,129 @@
+"""Settings of every streamml process, read once from `STREAMML_*` environment variables.
+
+Defaults describe the embedded stack on 127.0.0.1. Kafka client settings pass through:
+`STREAMML_KAFKA_SASL_MECHANISM=PLAIN` becomes librdkafka's `sasl.mechanism` for every client.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
+
+ENV_PREFIX = "STREAMML_"
+_KAFKA_PREFIX = f"{ENV_PREFIX}KAFKA_"
+_SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
+
+
+class Settings(BaseSettings):
+    """Shared settings: where the broker, Redis, registry and state live, and how to log."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    home: Path = Field(Path(".streamml"), description="State dir: data, logs, pid files, recovery.")
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    schema_registry_url: str = "http://127.0.0.1:8081"
+    topic_partitions: int = Field(4, ge=1, le=1024)
+    topic_replication: int = Field(1, ge=1)
+    registry_port: int = 8081
+    inference_port: int = 8000
+    ops_port: int = 8001
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    kafka_client: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka passthrough from STREAMML_KAFKA_* (filled at load)."
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("STREAMML_KAFKA_BOOTSTRAP_SERVERS is empty; set host:port[,host:port]")
+        return value
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def kafka_port(self) -> int:
+        return _port_of(self.kafka_bootstrap_servers.split(",")[0], 9092)
+
+    @property
+    def redis_port(self) -> int:
+        return urlparse(self.redis_url).port or 6379
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka config for any client: bootstrap servers, passthrough security settings, overrides."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_client, **overrides}
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to log: secrets and credentials in URLs masked."""
+        data = self.model_dump(mode="json")
+        data["kafka_client"] = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka_client.items()}
+        data["redis_url"] = _mask_url(self.redis_url)
+        data["schema_registry_url"] = _mask_url(self.schema_registry_url)
+        return data
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_WORDS) and not name.endswith(".location")
+
+
+def _mask_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def _port_of(hostport: str, default: int) -> int:
+    try:
+        return int(hostport.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return default
+
+
+def kafka_passthrough(environ: dict[str, str]) -> dict[str, str]:
+    """`STREAMML_KAFKA_SECURITY_PROTOCOL=SASL_SSL` -> {"security.protocol": "SASL_SSL"}."""
+    out = {}
+    for name, value in environ.items():
+        if name.startswith(_KAFKA_PREFIX) and name != f"{_KAFKA_PREFIX}BOOTSTRAP_SERVERS":
+            out[name[len(_KAFKA_PREFIX):].lower().replace("_", ".")] = value
+    return out
+
+
+def load_settings(cls: type[Settings] = Settings, **overrides: Any) -> Settings:
+    """Read settings of kind `cls` from the environment; `ConfigError` names the bad variable."""
+    try:
+        return cls(kafka_client=kafka_passthrough(dict(os.environ)), **overrides)
+    except Exception as exc:
+        raise ConfigError(f"invalid STREAMML_* settings: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide shared settings, read once."""
+    return load_settings()

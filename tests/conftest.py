@@ -1,0 +1,52 @@
+"""Session fixtures: one real Tansu broker and one real Redis for the whole test run.
+
+Tests that need isolation use unique topic names / Redis DB flushes, not separate servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerProcess, start_redis, start_tansu
+
+# librdkafka defaults make a group join take ~23 s on Tansu; these make it ~3 s.
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+@pytest.fixture(scope="session")
+def server_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def tansu(server_logs: Path) -> Iterator[ServerProcess]:
+    server = start_tansu(server_logs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tansu: ServerProcess) -> str:
+    return f"127.0.0.1:{tansu.port}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_logs: Path) -> Iterator[ServerProcess]:
+    server = start_redis(server_logs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: ServerProcess) -> str:
+    return f"redis://127.0.0.1:{redis_server.port}/0"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic names, consumer groups and key prefixes."""
+    return uuid.uuid4().hex[:8]
