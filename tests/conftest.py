@@ -50,3 +50,31 @@ def redis_url(redis_server: ServerProcess) -> str:
 def unique() -> str:
     """A short unique suffix for topic names, consumer groups and key prefixes."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory, server_logs: Path) -> Iterator[str]:
+    """Our embedded schema registry (`python -m services.registry`) on a free port."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.servers import free_port, wait_for
+
+    port = free_port()
+    home = tmp_path_factory.mktemp("registry-home")
+    env = {**os.environ, "STREAMML_HOME": str(home), "STREAMML_REGISTRY_PORT": str(port)}
+    log = open(server_logs / f"registry-{port}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "services.registry"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 30, "schema registry")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,129 @@
+"""The `streamml` command: bring the embedded stack up and down, show status, produce, run a process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.errors import StreammlError
+from schemas.topics import all_topic_names
+from streams.settings import load_settings
+
+app = typer.Typer(help="streamml: streaming ML features, serving and drift.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+
+# process name -> "module:function" run by `streamml run NAME` (the stack launches these).
+PROCESSES = {
+    "registry": "services.registry.main:main",
+}
+
+
+@app.command()
+def up(
+    demo: bool = typer.Option(False, "--demo", help="Also start the load generator (demo traffic)."),
+    rate: float = typer.Option(200.0, help="Demo traffic in events/s."),
+) -> None:
+    """Start the embedded stack on 127.0.0.1 (broker, Redis, registry, pipeline); safe to run twice."""
+    from services.stack.embedded import up as stack_up
+
+    settings = load_settings()
+    result = stack_up(settings, demo=demo, demo_rate=rate)
+    table = Table(title=f"streamml is up (home {settings.home})")
+    table.add_column("process")
+    table.add_column("endpoint")
+    table.add_column("state")
+    for name, endpoint in result.endpoints.items():
+        table.add_row(name, endpoint, "started" if name in result.started else "already running")
+    console.print(table)
+    console.print(f"{len(result.topics)} topics ready; logs in {settings.log_dir}; `streamml status` to watch.")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the processes `streamml up` started."""
+    from services.stack.embedded import down as stack_down
+
+    stopped = stack_down(load_settings())
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
+    """Each process of the stack (pid, port, alive, ready) and records per topic."""
+    from services.stack.embedded import status as stack_status
+    from services.stack.health import kafka_ok
+    from streams.kafka.offsets import topic_totals
+
+    settings = load_settings()
+    rows = stack_status(settings)
+    topics: dict[str, int] = {}
+    if kafka_ok(settings.kafka_config()):
+        topics = topic_totals(settings.kafka_config(), all_topic_names())
+    if as_json:
+        print(json.dumps({"home": str(settings.home), "processes": rows, "topics": topics}))
+        return
+    table = Table(title="processes")
+    for col in ("name", "pid", "port", "alive", "ready", "log"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], str(row["pid"]), str(row["port"] or "-"), _yes(row["alive"]), _yes(row["ready"]),
+                      row["log"])
+    console.print(table)
+    if topics:
+        ttable = Table(title="topics (records, from end offsets)")
+        ttable.add_column("topic")
+        ttable.add_column("records", justify="right")
+        for name, count in topics.items():
+            ttable.add_row(name, f"{count:,}")
+        console.print(ttable)
+    else:
+        console.print(f"broker at {settings.kafka_bootstrap_servers} is not reachable")
+
+
+@app.command()
+def provision() -> None:
+    """Create all contract topics (explicit partitions) and register all schemas on the configured cluster."""
+    from services.stack.embedded import provision as do_provision
+
+    topics = do_provision(load_settings())
+    console.print(f"{len(topics)} topics ready, schemas registered")
+
+
+@app.command()
+def run(process: str = typer.Argument(..., help=f"One of: {', '.join(PROCESSES)}")) -> None:
+    """Run one streamml process in the foreground (what `up` and docker-compose launch)."""
+    target = PROCESSES.get(process)
+    if target is None:
+        raise StreammlError(f"unknown process {process!r}; choose one of: {', '.join(PROCESSES)}")
+    module, func = target.split(":")
+    getattr(importlib.import_module(module), func)()
+
+
+def _yes(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def _register_subcommands() -> None:
+    from services.commands import produce
+
+    produce.register(app)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line and exit 2, no traceback."""
+    _register_subcommands()
+    try:
+        app()
+    except StreammlError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
