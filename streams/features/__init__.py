@@ -1,0 +1,1 @@
+"""The declarative feature list and the per-entity state that computes it."""

@@ -1,0 +1,213 @@
+"""Per-entity feature state compiled from the declarative list: apply events, evaluate values.
+
+The same code runs in the live Bytewax flow, in replay and in the oracle-checked tests, so every
+path computes identical numbers. Pure: events are dicts, times are epoch ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from streams.features.definitions import DAY_MS, FEATURES, Agg, Entity, FeatureDefinition, Window
+from streams.windows.tiles import DistinctWindow, TileWindow
+
+SESSION_RETENTION_MS = DAY_MS
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One accumulator column fed by clickstream events: (window slot, column, filter, value field)."""
+
+    slot: int
+    col: int
+    where: tuple[tuple[str, Any], ...]
+    value_field: str | None  # None = count the event
+
+
+class EntityPlan:
+    """The features of one entity, compiled into window slots and accumulator columns."""
+
+    def __init__(self, entity: Entity, features: tuple[FeatureDefinition, ...] = FEATURES):
+        self.entity = entity
+        self.features = tuple(f for f in features if f.entity == entity)
+        self.windows: list[Window] = []
+        self.columns: list[_Column] = []
+        self.outputs: list[tuple[FeatureDefinition, Any]] = []  # how to read each feature back
+        widths: list[int] = []
+        distinct: list[tuple[FeatureDefinition, Window]] = []
+        for f in self.features:
+            if f.aggregation in (Agg.COUNT, Agg.SUM, Agg.MEAN):
+                slot = self._slot(f.window, widths)
+                value = None if f.aggregation is Agg.COUNT else f.value_field
+                sum_col = self._column(slot, widths, f.where, value)
+                if f.aggregation is Agg.MEAN:
+                    count_col = self._column(slot, widths, f.where + ((f.value_field, _NOT_NULL),), None)
+                    self.outputs.append((f, ("mean", slot, sum_col, count_col)))
+                else:
+                    self.outputs.append((f, ("col", slot, sum_col)))
+            elif f.aggregation is Agg.DISTINCT:
+                distinct.append((f, f.window))
+                self.outputs.append((f, ("distinct", len(distinct) - 1)))
+            else:
+                self.outputs.append((f, (f.aggregation.value,)))
+        self.widths = widths
+        self.distinct = distinct
+        self.attribute_fields = {f.source.name: [] for f in self.features if f.aggregation in (Agg.ATTRIBUTE, Agg.AGE_DAYS)}
+        for f in self.features:
+            if f.aggregation in (Agg.ATTRIBUTE, Agg.AGE_DAYS):
+                self.attribute_fields[f.source.name].append(f.value_field)
+        self.session_field = next((f.value_field for f in self.features if f.aggregation is Agg.SESSION_COUNT), None)
+        self.windowed_sources = {f.source.name for f in self.features if f.window is not None or
+                                 f.aggregation in (Agg.SESSION_COUNT, Agg.MAX)}
+
+    def _slot(self, window: Window | None, widths: list[int]) -> int:
+        assert window is not None
+        if window not in self.windows:
+            self.windows.append(window)
+            widths.append(0)
+        return self.windows.index(window)
+
+    def _column(self, slot: int, widths: list[int], where, value_field) -> int:
+        for c in self.columns:
+            if c.slot == slot and c.where == where and c.value_field == value_field:
+                return c.col
+        col = widths[slot]
+        widths[slot] += 1
+        self.columns.append(_Column(slot, col, where, value_field))
+        return col
+
+    def new_state(self) -> EntityState:
+        return EntityState(self)
+
+
+class _NotNull:
+    """Filter sentinel: the field must be present and not null."""
+
+    def __repr__(self) -> str:
+        return "NOT_NULL"
+
+
+_NOT_NULL = _NotNull()
+
+
+def _matches(event: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
+    for name, expected in where:
+        value = event.get(name)
+        if expected is _NOT_NULL:
+            if value is None:
+                return False
+        elif value != expected:
+            return False
+    return True
+
+
+class EntityState:
+    """Everything needed to compute one entity's features; picklable for Bytewax snapshots."""
+
+    __slots__ = ("t", "cdc_ts", "windows", "distinct", "sessions", "session", "attrs")
+
+    def __init__(self, plan: EntityPlan):
+        self.t = 0  # latest windowed-source event time: the sliding windows' evaluation time
+        self.cdc_ts = 0  # latest CDC event time
+        self.windows = [TileWindow(w.tile_ms, w.tiles, width) for w, width in zip(plan.windows, plan.widths)]
+        self.distinct = [DistinctWindow(w.tile_ms, w.tiles) for _, w in plan.distinct]
+        self.sessions: dict[str, list[int]] = {}  # session id -> [events, max ts]
+        self.session: str | None = None
+        self.attrs: dict[str, Any] | None = None  # None = never seen or deleted
+
+    @property
+    def ts(self) -> int:
+        """Event time this state reflects (what Redis `_ts` carries)."""
+        return self.t if self.t > self.cdc_ts else self.cdc_ts
+
+    def apply_event(self, plan: EntityPlan, event: dict[str, Any], ts: int) -> None:
+        """Fold one accepted clickstream-like event into the windows."""
+        if ts >= self.t:
+            self.t = ts
+            if plan.session_field is not None:
+                self.session = event.get(plan.session_field)
+        t = self.t
+        for c in plan.columns:
+            if c.where and not _matches(event, c.where):
+                continue
+            row = self.windows[c.slot].row_for(ts, t)
+            if row is None:
+                continue
+            if c.value_field is None:
+                row[c.col] += 1.0
+            else:
+                value = event.get(c.value_field)
+                if value is not None:
+                    row[c.col] += value
+        for (f, _), window in zip(plan.distinct, self.distinct):
+            value = event.get(f.value_field)
+            if value is not None and ts // window.tile_ms > t // window.tile_ms - window.tiles:
+                window.add(value, ts)
+        if plan.session_field is not None:
+            sid = event.get(plan.session_field)
+            if sid is not None:
+                entry = self.sessions.get(sid)
+                if entry is None:
+                    self.sessions[sid] = [1, ts]
+                else:
+                    entry[0] += 1
+                    if ts > entry[1]:
+                        entry[1] = ts
+
+    def apply_change(self, plan: EntityPlan, topic: str, op: str, after: dict[str, Any] | None, ts: int) -> None:
+        """Fold one CDC change: create/update/snapshot sets the attributes, delete removes them."""
+        if ts > self.cdc_ts:
+            self.cdc_ts = ts
+        if op == "d" or after is None:
+            self.attrs = None
+            return
+        fields = plan.attribute_fields.get(topic, ())
+        self.attrs = {name: after.get(name) for name in fields}
+
+    def values(self, plan: EntityPlan) -> dict[str, Any]:
+        """Feature name -> value as of `self.ts`; attributes absent when unknown or deleted."""
+        t = self.t
+        totals = [w.totals(t) for w in self.windows]
+        distinct = [d.count(t) for d in self.distinct]
+        self._prune_sessions()
+        out: dict[str, Any] = {}
+        for f, how in plan.outputs:
+            kind = how[0]
+            if kind == "col":
+                v = totals[how[1]][how[2]]
+                out[f.name] = int(v) if f.dtype == "int" else v
+            elif kind == "mean":
+                n = totals[how[1]][how[3]]
+                out[f.name] = totals[how[1]][how[2]] / n if n else f.default
+            elif kind == "distinct":
+                out[f.name] = distinct[how[1]]
+            elif kind == "session_count":
+                entry = self.sessions.get(self.session) if self.session is not None else None
+                out[f.name] = entry[0] if entry else 0
+            elif kind == "max":
+                out[f.name] = t
+            elif kind == "attribute":
+                if self.attrs is not None and self.attrs.get(f.value_field) is not None:
+                    out[f.name] = self.attrs[f.value_field]
+            elif kind == "age_days":
+                if self.attrs is not None and self.attrs.get(f.value_field) is not None:
+                    out[f.name] = (self.ts - self.attrs[f.value_field]) // DAY_MS
+        for f, how in plan.outputs:
+            if how[0] == "ratio":
+                num, den = out.get(f.inputs[0], 0), out.get(f.inputs[1], 0)
+                out[f.name] = num / den if den else 0.0
+        return out
+
+    def _prune_sessions(self) -> None:
+        if len(self.sessions) > 1:
+            horizon = self.t - SESSION_RETENTION_MS
+            for sid in [s for s, (_, mx) in self.sessions.items() if mx < horizon and s != self.session]:
+                del self.sessions[sid]
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
