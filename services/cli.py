@@ -21,6 +21,7 @@ console = Console()
 # process name -> "module:function" run by `streamml run NAME` (the stack launches these).
 PROCESSES = {
     "registry": "services.registry.main:main",
+    "features": "streams.flows.run:main",
 }
 
 

@@ -127,3 +127,23 @@ def load_settings(cls: type[Settings] = Settings, **overrides: Any) -> Settings:
 def settings() -> Settings:
     """The process-wide shared settings, read once."""
     return load_settings()
+
+
+class FeatureFlowSettings(Settings):
+    """The Bytewax feature flow (`streamml run features`)."""
+
+    features_shards: int = Field(16, ge=1, description="State shards per entity (Bytewax keys).")
+    features_lateness_s: float = Field(300.0, ge=0, description="Allowed lateness; later events go to the DLQ.")
+    features_epoch_s: float = Field(2.0, gt=0, description="Snapshot (epoch) interval.")
+    features_batch_size: int = Field(5000, ge=1, description="Max records per poll of one partition.")
+    features_recovery: bool = Field(True, description="Keep Bytewax recovery snapshots under $HOME/recovery.")
+    features_recovery_partitions: int = Field(4, ge=1)
+    features_workers: int = Field(1, ge=1, description="Worker threads per process (GIL-bound: prefer processes).")
+    features_process_id: int | None = Field(None, description="This process's index in a multi-process cluster.")
+    features_addresses: str | None = Field(None, description="host:port;host:port of every cluster process.")
+    features_metrics_port: int = Field(9101, ge=0, description="Prometheus /metrics port (0 = any free port).")
+    features_namespace: str = Field("", description="Redis key namespace to write into ('' = serving keys).")
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.home / "recovery" / "features"

@@ -78,3 +78,24 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory, server_logs: Path) ->
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def fresh_kafka(server_logs: Path) -> Iterator[str]:
+    """A broker of the test's own: the contract's topic names are fixed, so isolation means a new broker."""
+    server = start_tansu(server_logs)
+    yield f"127.0.0.1:{server.port}"
+    server.stop()
+
+
+_redis_dbs = iter(range(1, 16))
+
+
+@pytest.fixture
+def redis_db_url(redis_server: ServerProcess) -> Iterator[str]:
+    """A Redis database of the test's own (DB 1..15 on the session server), flushed before use."""
+    import redis
+
+    url = f"redis://127.0.0.1:{redis_server.port}/{next(_redis_dbs)}"
+    redis.Redis.from_url(url).flushdb()
+    yield url

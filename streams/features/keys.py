@@ -1,0 +1,36 @@
+"""Redis key formats of the online store, stated once (DESIGN.md: `feat:{entity}:{id}`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.features.definitions import FEATURES
+
+TS_FIELD = "_ts"
+ACTIVE_NAMESPACE_KEY = "streamml:features:active_namespace"
+
+
+def feature_key(entity: str, entity_id: str, namespace: str = "") -> str:
+    """`feat:user:u1`, or `ns:{name}:feat:user:u1` inside a replay namespace."""
+    return f"ns:{namespace}:feat:{entity}:{entity_id}" if namespace else f"feat:{entity}:{entity_id}"
+
+
+_DTYPES = {(f.entity.name, f.name): f.dtype for f in FEATURES}
+
+
+def encode_value(value: Any) -> str:
+    """Redis stores strings; floats keep full precision (repr round-trips exactly)."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def decode_value(entity: str, name: str, raw: str | bytes) -> Any:
+    """Inverse of `encode_value`, typed by the feature's declared dtype."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    dtype = _DTYPES.get((entity, name))
+    if dtype == "int" or name == TS_FIELD:
+        return int(float(text))
+    if dtype == "float":
+        return float(text)
+    return text

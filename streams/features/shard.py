@@ -1,0 +1,116 @@
+"""Feature state for one shard of one entity: apply a micro-batch of events, emit changed values.
+
+Bytewax keys its state by shard (`user:7`), not by entity id, so its per-key overhead is paid per
+batch; inside, a plain dict holds one `EntityState` per id. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.topics import CDC_TOPICS
+from streams.features.definitions import ENTITIES, Entity
+from streams.features.state import EntityPlan, EntityState
+
+_CDC = frozenset(t.name for t in CDC_TOPICS)
+PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
+
+
+@dataclass(slots=True)
+class ShardInput:
+    """Events of one source batch that belong to one shard of one entity."""
+
+    entity: str
+    topic: str
+    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (entity id, record)
+    max_kafka_ts: int = 0
+
+
+@dataclass(slots=True)
+class EntityWrites:
+    """The new absolute values of every entity a micro-batch touched: what the Redis sink writes."""
+
+    entity: str
+    rows: list[tuple[str, int, dict[str, Any]]]  # (entity id, event time reflected, values)
+    max_kafka_ts: int = 0
+
+
+def shard_of(entity_id: str, shards: int) -> int:
+    """Stable across processes (unlike `hash`)."""
+    return zlib.crc32(entity_id.encode()) % shards
+
+
+def entity_id(entity: Entity, topic: str, record: dict[str, Any]) -> str | None:
+    """The id of `entity` a record is about, or None if the record says nothing about it."""
+    field_name = entity.id_field(topic)
+    if field_name is None:
+        return None
+    if topic in _CDC:
+        row = record.get("after") or record.get("before") or {}
+        value = row.get(field_name)
+    else:
+        value = record.get(field_name)
+    return None if value is None else str(value)
+
+
+def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: int, shards: int) -> list[tuple[str, ShardInput]]:
+    """Split one partition's batch into per-(entity, shard) inputs; the keyed exchange of the flow."""
+    out: dict[str, ShardInput] = {}
+    for entity in ENTITIES:
+        if entity.id_field(topic) is None:
+            continue
+        prefix = f"{entity.name}:"
+        for _, record in records:
+            eid = entity_id(entity, topic, record)
+            if eid is None:
+                continue
+            key = prefix + str(zlib.crc32(eid.encode()) % shards)
+            part = out.get(key)
+            if part is None:
+                part = out[key] = ShardInput(entity.name, topic, max_kafka_ts=max_kafka_ts)
+            part.rows.append((eid, record))
+    return list(out.items())
+
+
+class ShardState:
+    """All entity states of one shard; `apply` folds a batch and returns the changed values."""
+
+    def __init__(self, entity: str, states: dict[str, EntityState] | None = None):
+        self.entity = entity
+        self.plan = PLANS[entity]
+        self.states: dict[str, EntityState] = states if states is not None else {}
+
+    def apply(self, inputs: list[ShardInput]) -> EntityWrites:
+        plan, states = self.plan, self.states
+        touched: dict[str, EntityState] = {}
+        max_kts = 0
+        for part in inputs:
+            if part.max_kafka_ts > max_kts:
+                max_kts = part.max_kafka_ts
+            if part.topic in _CDC:
+                for eid, record in part.rows:
+                    state = states.get(eid)
+                    if state is None:
+                        state = states[eid] = plan.new_state()
+                    state.apply_change(plan, part.topic, record["op"], record.get("after"), record["ts_ms"])
+                    touched[eid] = state
+            else:
+                for eid, record in part.rows:
+                    state = states.get(eid)
+                    if state is None:
+                        state = states[eid] = plan.new_state()
+                    state.apply_event(plan, record, record["ts"])
+                    touched[eid] = state
+        rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
+        return EntityWrites(self.entity, rows, max_kts)
+
+    def snapshot(self) -> bytes:
+        """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it)."""
+        return pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def restore(cls, entity: str, snapshot: bytes | None) -> ShardState:
+        return cls(entity, pickle.loads(snapshot) if snapshot is not None else None)

@@ -1,0 +1,98 @@
+"""The feature flow (Bytewax): Kafka -> decode -> per-shard feature state -> Redis + Parquet + DLQ.
+
+Wiring only. Every item travelling between steps is a micro-batch (one poll of one partition, or
+its share for one shard), which is what keeps Bytewax's per-item overhead off the per-event path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+from confluent_kafka.admin import AdminClient
+
+from schemas.topics import TopicSpec
+from streams.features.definitions import source_topics
+from streams.features.shard import PLANS, EntityWrites, ShardInput, ShardState, route
+from streams.flows.source import EventSource, SourceBatch, SourceConfig
+from streams.settings import FeatureFlowSettings
+from streams.sinks.dead_letters import DeadLetterSink
+from streams.sinks.parquet import EventLogSink
+from streams.sinks.redis import RedisFeatureSink
+
+
+class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites, tuple[str, bytes]]):
+    """Bytewax state of one (entity, shard) key: a `ShardState` fed whole micro-batches."""
+
+    def __init__(self, resume: tuple[str, bytes] | None):
+        self._state = ShardState.restore(resume[0], resume[1]) if resume is not None else None
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[list[EntityWrites], bool]:
+        if self._state is None:
+            self._state = ShardState(values[0].entity)
+        return [self._state.apply(values)], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> tuple[str, bytes]:
+        assert self._state is not None
+        return self._state.entity, self._state.snapshot()
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Plain values the dataflow is built from (derived from `FeatureFlowSettings`)."""
+
+    kafka: dict[str, Any]
+    registry_url: str
+    redis_url: str
+    data_dir: Path
+    shards: int
+    lateness_ms: int
+    batch_size: int
+    namespace: str = ""
+    topics: tuple[TopicSpec, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: FeatureFlowSettings) -> FlowConfig:
+        return cls(s.kafka_config(), s.schema_registry_url, s.redis_url, s.data_dir, s.features_shards,
+                   int(s.features_lateness_s * 1000), s.features_batch_size, s.features_namespace,
+                   source_topics())
+
+
+def windowed_topics() -> frozenset[str]:
+    return frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
+
+
+def build_flow(cfg: FlowConfig) -> Dataflow:
+    topics = cfg.topics or source_topics()
+    metadata = AdminClient(cfg.kafka).list_topics(timeout=10)
+    parts = [f"{t.name}:{p}" for t in topics if t.name in metadata.topics for p in metadata.topics[t.name].partitions]
+    source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, windowed_topics(), cfg.lateness_ms,
+                                      batch_size=cfg.batch_size))
+    shards = cfg.shards
+
+    flow = Dataflow("streamml-features")
+    batches = op.input("kafka", flow, source)
+
+    dead = op.flat_map("dead_letters", batches, lambda b: b.dead)
+    op.output("dlq", dead, DeadLetterSink(cfg.kafka))
+
+    by_partition = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
+    op.output("event_log", by_partition, EventLogSink(cfg.data_dir / "events", {t.name: t for t in topics}, parts))
+
+    def to_shards(b: SourceBatch) -> list[tuple[str, ShardInput]]:
+        return route(b.topic, b.events, b.max_kafka_ts, shards)
+
+    routed = op.flat_map("route", batches, to_shards)
+    writes = op.stateful_batch("features", routed, ShardLogic)
+    op.output("redis", op.map("unkey", writes, lambda kv: kv[1]),
+              RedisFeatureSink(cfg.redis_url, cfg.namespace))
+    return flow
+
+
+def epoch(settings: FeatureFlowSettings) -> timedelta:
+    return timedelta(seconds=settings.features_epoch_s)

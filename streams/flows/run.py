@@ -1,0 +1,61 @@
+"""Process entry of the feature flow: settings -> logging/metrics -> Bytewax with recovery -> exit on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
+
+from streams.flows.features import FlowConfig, build_flow, epoch
+from streams.runtime.lifecycle import serve_metrics
+from streams.runtime.logging import configure_logging
+from streams.settings import FeatureFlowSettings, load_settings
+
+_stopping = False
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # Bytewax checks Python signals between activations; raising stops the dataflow. Nothing is lost:
+    # the recovery store resumes from the last snapshot and every sink is idempotent.
+    global _stopping
+    _stopping = True
+    raise KeyboardInterrupt
+
+
+def recovery_config(settings: FeatureFlowSettings) -> RecoveryConfig | None:
+    """Bytewax recovery under $STREAMML_HOME/recovery/features, created on first start."""
+    if not settings.features_recovery:
+        return None
+    path = settings.recovery_dir
+    if not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, settings.features_recovery_partitions)
+    return RecoveryConfig(str(path))
+
+
+def main() -> None:
+    settings = load_settings(FeatureFlowSettings)
+    log = configure_logging("features", settings.log_level, settings.log_format)
+    port = serve_metrics(settings.features_metrics_port)
+    signal.signal(signal.SIGTERM, _stop)
+    addresses = settings.features_addresses.split(";") if settings.features_addresses else None
+    log.info("feature flow starting", metrics_port=port, settings=settings.redacted())
+    try:
+        cli_main(
+            build_flow(FlowConfig.from_settings(settings)),
+            workers_per_process=settings.features_workers,
+            process_id=settings.features_process_id,
+            addresses=addresses,
+            epoch_interval=epoch(settings),
+            recovery_config=recovery_config(settings),
+        )
+    except BaseException as exc:  # Bytewax wraps the KeyboardInterrupt our SIGTERM handler raised
+        if not (_stopping or isinstance(exc, KeyboardInterrupt)):
+            raise
+    log.info("feature flow stopped")
+
+
+if __name__ == "__main__":
+    main()

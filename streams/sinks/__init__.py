@@ -1,0 +1,1 @@
+"""Where features go: Redis (online, compare-and-set by event time) and Parquet (offline log)."""

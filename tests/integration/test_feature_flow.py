@@ -1,0 +1,70 @@
+"""The Bytewax feature flow end to end on a real broker, registry and Redis, checked against the oracle."""
+
+from __future__ import annotations
+
+import glob
+import signal
+
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.codec import frame
+from schemas.registry import RegistryClient
+from schemas.serde import TopicSerde
+from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM
+from tests.flowkit import (
+    flow_env,
+    make_events,
+    provision,
+    publish,
+    read_back,
+    read_dead_letters,
+    start_flow,
+    wait_for_redis,
+)
+from tests.oracle import accepted_in_partition_order, expected_features
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+LATENESS_MS = 300_000
+GARBAGE = [(CLICKSTREAM, b"\x07not avro at all"), (CLICKSTREAM, frame(999_999, b"\x02x")),
+           (CLICKSTREAM, b"\x00\x00"), (CDC_USERS, frame(1, b""))]
+
+
+def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, registry_url, redis_db_url, tmp_path):
+    provision(fresh_kafka)
+    events = make_events(seed=7, users=40, items=15, events=4000)
+    valid = TopicSerde(CLICKSTREAM, RegistryClient(registry_url)).serialize(events[-1][1])
+    garbage = [*GARBAGE, (CLICKSTREAM, valid[:-4])]  # right schema id, truncated Avro body
+    publish(fresh_kafka, registry_url, events, garbage)
+    records = read_back(fresh_kafka, registry_url, [CLICKSTREAM, CDC_USERS, CDC_ITEMS], len(events) + len(garbage))
+    assert len(records) == len(events) + len(garbage)
+    accepted, late = accepted_in_partition_order(
+        [(p, o, t, r) for p, o, t, r, _ in records if r is not None], LATENESS_MS)
+    assert late, "the generator should have produced late events"
+    want = expected_features(accepted)
+
+    flow = start_flow(flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url), tmp_path / "flow.log")
+    try:
+        got = wait_for_redis(redis_db_url, want, timeout_s=90)
+        assert got.keys() == want.keys()
+        mismatches = {k: (got[k], want[k]) for k in want if got[k] != pytest.approx(want[k])}
+        assert not mismatches, list(mismatches.items())[:3]
+
+        letters = read_dead_letters(fresh_kafka, [CLICKSTREAM.dlq, CDC_USERS.dlq], len(late) + len(garbage))
+        reasons = sorted(d["streamml.error.reason"] for d in letters)
+        assert reasons.count("late") == len(late)
+        assert sorted(r for r in reasons if r != "late") == [
+            "bad_magic", "invalid_avro", "truncated", "truncated", "unknown_schema"]
+        assert {d["value"] for d in letters if d["streamml.error.reason"] != "late"} == {g for _, g in garbage}
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        flow.wait(30)
+
+    files = glob.glob(str(tmp_path / "home" / "data" / "events" / "topic=*" / "date=*" / "hour=*" / "*.parquet"))
+    assert files
+    rows = pq.ParquetDataset(files).read(columns=["_topic", "_partition", "_offset", "_late"]).to_pylist()
+    positions = [(r["_topic"], r["_partition"], r["_offset"]) for r in rows]
+    assert len(positions) == len(set(positions)), "a row was written twice"
+    decoded = {(t, p, o) for p, o, t, r, _ in records if r is not None}
+    assert set(positions) == decoded
+    assert sum(r["_late"] for r in rows) == len(late)
