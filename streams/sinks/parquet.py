@@ -61,7 +61,7 @@ def committed_position(root: Path, topic: str, partition: int) -> int:
         if m and int(m["p"]) == partition:
             pieces[(int(m["first"]), int(m["last"]))].append((path, int(m["k"]), int(m["n"])))
     best = -1
-    for (first, last), found in pieces.items():
+    for (_first, last), found in pieces.items():
         n = found[0][2]
         if {k for _, k, _ in found} == set(range(1, n + 1)):
             best = max(best, last)
