@@ -71,5 +71,7 @@ class TopicSerde:
             writer = AvroCodec(text)
         except Exception as exc:
             raise DecodeError("bad_writer_schema", f"schema id {schema_id} does not parse: {exc}") from exc
+        if writer.fingerprint == self.codec.fingerprint:
+            writer = self.codec  # same schema under another id: skip resolution
         self._writers[schema_id] = writer
         return writer

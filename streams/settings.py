@@ -134,7 +134,7 @@ class FeatureFlowSettings(Settings):
 
     features_shards: int = Field(16, ge=1, description="State shards per entity (Bytewax keys).")
     features_lateness_s: float = Field(300.0, ge=0, description="Allowed lateness; later events go to the DLQ.")
-    features_epoch_s: float = Field(2.0, gt=0, description="Snapshot (epoch) interval.")
+    features_epoch_s: float = Field(10.0, gt=0, description="Snapshot (epoch) interval; also the Parquet flush cadence.")
     features_batch_size: int = Field(5000, ge=1, description="Max records per poll of one partition.")
     features_recovery: bool = Field(True, description="Keep Bytewax recovery snapshots under $HOME/recovery.")
     features_recovery_partitions: int = Field(4, ge=1)

@@ -39,7 +39,10 @@ class Entity:
     keys: tuple[tuple[str, str], ...]  # (source topic name, field holding this entity's id)
 
     def id_field(self, topic: str) -> str | None:
-        return dict(self.keys).get(topic)
+        for name, field_name in self.keys:
+            if name == topic:
+                return field_name
+        return None
 
 
 @dataclass(frozen=True)

@@ -59,14 +59,21 @@ def entity_id(entity: Entity, topic: str, record: dict[str, Any]) -> str | None:
 def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: int, shards: int) -> list[tuple[str, ShardInput]]:
     """Split one partition's batch into per-(entity, shard) inputs; the keyed exchange of the flow."""
     out: dict[str, ShardInput] = {}
+    cdc = topic in _CDC
     for entity in ENTITIES:
-        if entity.id_field(topic) is None:
+        field_name = entity.id_field(topic)
+        if field_name is None:
             continue
         prefix = f"{entity.name}:"
         for _, record in records:
-            eid = entity_id(entity, topic, record)
-            if eid is None:
+            if cdc:
+                row = record.get("after") or record.get("before") or {}
+                value = row.get(field_name)
+            else:
+                value = record.get(field_name)
+            if value is None:
                 continue
+            eid = value if isinstance(value, str) else str(value)
             key = prefix + str(zlib.crc32(eid.encode()) % shards)
             part = out.get(key)
             if part is None:
@@ -109,8 +116,10 @@ class ShardState:
 
     def snapshot(self) -> bytes:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it)."""
-        return pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps({eid: s.dump() for eid, s in self.states.items()}, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None) -> ShardState:
-        return cls(entity, pickle.loads(snapshot) if snapshot is not None else None)
+        if snapshot is None:
+            return cls(entity)
+        return cls(entity, {eid: EntityState.load(data) for eid, data in pickle.loads(snapshot).items()})

@@ -53,6 +53,8 @@ class EntityPlan:
                 self.outputs.append((f, (f.aggregation.value,)))
         self.widths = widths
         self.distinct = distinct
+        self.tile_windows = [TileWindow(w.tile_ms, w.tiles, width) for w, width in zip(self.windows, widths)]
+        self.distinct_windows = [DistinctWindow(w.tile_ms, w.tiles) for _, w in distinct]
         self.attribute_fields = {f.source.name: [] for f in self.features if f.aggregation in (Agg.ATTRIBUTE, Agg.AGE_DAYS)}
         for f in self.features:
             if f.aggregation in (Agg.ATTRIBUTE, Agg.AGE_DAYS):
@@ -103,15 +105,15 @@ def _matches(event: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
 
 
 class EntityState:
-    """Everything needed to compute one entity's features; picklable for Bytewax snapshots."""
+    """Everything needed to compute one entity's features, as plain builtins (cheap to snapshot)."""
 
-    __slots__ = ("t", "cdc_ts", "windows", "distinct", "sessions", "session", "attrs")
+    __slots__ = ("t", "cdc_ts", "rows", "seen", "sessions", "session", "attrs")
 
     def __init__(self, plan: EntityPlan):
         self.t = 0  # latest windowed-source event time: the sliding windows' evaluation time
         self.cdc_ts = 0  # latest CDC event time
-        self.windows = [TileWindow(w.tile_ms, w.tiles, width) for w, width in zip(plan.windows, plan.widths)]
-        self.distinct = [DistinctWindow(w.tile_ms, w.tiles) for _, w in plan.distinct]
+        self.rows: list[dict[int, list[float]]] = [{} for _ in plan.windows]  # tile rows per window
+        self.seen: list[dict[str, int]] = [{} for _ in plan.distinct]  # distinct value -> tile
         self.sessions: dict[str, list[int]] = {}  # session id -> [events, max ts]
         self.session: str | None = None
         self.attrs: dict[str, Any] | None = None  # None = never seen or deleted
@@ -128,10 +130,11 @@ class EntityState:
             if plan.session_field is not None:
                 self.session = event.get(plan.session_field)
         t = self.t
+        windows, rows = plan.tile_windows, self.rows
         for c in plan.columns:
             if c.where and not _matches(event, c.where):
                 continue
-            row = self.windows[c.slot].row_for(ts, t)
+            row = windows[c.slot].row_for(rows[c.slot], ts, t)
             if row is None:
                 continue
             if c.value_field is None:
@@ -140,10 +143,10 @@ class EntityState:
                 value = event.get(c.value_field)
                 if value is not None:
                     row[c.col] += value
-        for (f, _), window in zip(plan.distinct, self.distinct):
+        for (f, _), window, seen in zip(plan.distinct, plan.distinct_windows, self.seen):
             value = event.get(f.value_field)
-            if value is not None and ts // window.tile_ms > t // window.tile_ms - window.tiles:
-                window.add(value, ts)
+            if value is not None:
+                window.add(seen, value, ts, t)
         if plan.session_field is not None:
             sid = event.get(plan.session_field)
             if sid is not None:
@@ -168,8 +171,8 @@ class EntityState:
     def values(self, plan: EntityPlan) -> dict[str, Any]:
         """Feature name -> value as of `self.ts`; attributes absent when unknown or deleted."""
         t = self.t
-        totals = [w.totals(t) for w in self.windows]
-        distinct = [d.count(t) for d in self.distinct]
+        totals = [w.totals(rows, t) for w, rows in zip(plan.tile_windows, self.rows)]
+        distinct = [w.count(seen, t) for w, seen in zip(plan.distinct_windows, self.seen)]
         self._prune_sessions()
         out: dict[str, Any] = {}
         for f, how in plan.outputs:
@@ -205,9 +208,12 @@ class EntityState:
             for sid in [s for s, (_, mx) in self.sessions.items() if mx < horizon and s != self.session]:
                 del self.sessions[sid]
 
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+    def dump(self) -> tuple:
+        """Plain-builtins form for snapshots (pickled by C code, no per-object hooks)."""
+        return (self.t, self.cdc_ts, self.rows, self.seen, self.sessions, self.session, self.attrs)
 
-    def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state):
-            setattr(self, name, value)
+    @classmethod
+    def load(cls, data: tuple) -> EntityState:
+        state = cls.__new__(cls)
+        state.t, state.cdc_ts, state.rows, state.seen, state.sessions, state.session, state.attrs = data
+        return state

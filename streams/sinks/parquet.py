@@ -38,7 +38,7 @@ _PIECE = re.compile(r"^p(?P<p>\d+)-(?P<first>\d+)-(?P<last>\d+)-(?P<k>\d+)of(?P<
 
 
 def hour_dir(root: Path, topic: str, ts_ms: int) -> Path:
-    when = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    when = datetime.fromtimestamp(ts_ms // 3_600_000 * 3600, tz=UTC)
     return root / f"topic={topic}" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
 
 
@@ -107,11 +107,13 @@ class EventLogWriter:
             return 0
         rows = sorted(self._rows, key=lambda r: r["_offset"])
         first, last = rows[0]["_offset"], rows[-1]["_offset"]
-        by_hour: dict[Path, list[dict[str, Any]]] = defaultdict(list)
+        by_hour: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        time_field = self.spec.time_field
         for row in rows:
-            by_hour[hour_dir(self.root, self.spec.name, row[self.spec.time_field])].append(row)
+            by_hour[row[time_field] // 3_600_000].append(row)
         n = len(by_hour)
-        for k, (directory, part) in enumerate(sorted(by_hour.items()), start=1):
+        for k, (hour, part) in enumerate(sorted(by_hour.items()), start=1):
+            directory = hour_dir(self.root, self.spec.name, hour * 3_600_000)
             name = f"p{self.partition}-{first:012d}-{last:012d}-{k}of{n}.parquet"
             write_atomic(pa.Table.from_pylist(part, schema=self.schema), directory / name)
         self.written_upto = last

@@ -22,60 +22,63 @@ def window_bounds(t_ms: int, tile_ms: int, tiles: int) -> tuple[int, int]:
 
 
 class TileWindow:
-    """Accumulator rows (`width` floats) per tile of one sliding window, sparse over tile index."""
+    """Geometry of one sliding window; the per-entity tile rows (`{tile index: [floats]}`) are passed in.
 
-    __slots__ = ("tile_ms", "tiles", "width", "rows")
+    Keeping the rows as plain dicts (not objects) makes entity state cheap to snapshot.
+    """
+
+    __slots__ = ("tile_ms", "tiles", "width")
 
     def __init__(self, tile_ms: int, tiles: int, width: int):
         self.tile_ms, self.tiles, self.width = tile_ms, tiles, width
-        self.rows: dict[int, list[float]] = {}
 
-    def row_for(self, ts_ms: int, t_ms: int) -> list[float] | None:
+    def row_for(self, rows: dict[int, list[float]], ts_ms: int, t_ms: int) -> list[float] | None:
         """The accumulator row of `ts_ms`'s tile, or None if that tile is already out of the window at `t_ms`."""
         idx = ts_ms // self.tile_ms
         if idx <= t_ms // self.tile_ms - self.tiles:
             return None
-        row = self.rows.get(idx)
+        row = rows.get(idx)
         if row is None:
-            row = self.rows[idx] = [0.0] * self.width
+            row = rows[idx] = [0.0] * self.width
         return row
 
-    def totals(self, t_ms: int) -> list[float]:
+    def totals(self, rows: dict[int, list[float]], t_ms: int) -> list[float]:
         """Column sums over the window at `t_ms`; prunes tiles that have left it for good."""
         lo = t_ms // self.tile_ms - self.tiles
         out = [0.0] * self.width
         stale = []
-        for idx, row in self.rows.items():
+        for idx, row in rows.items():
             if idx <= lo:
                 stale.append(idx)
                 continue
             for i, v in enumerate(row):
                 out[i] += v
         for idx in stale:
-            del self.rows[idx]
+            del rows[idx]
         return out
 
 
 class DistinctWindow:
-    """Exact distinct count over a sliding window: value -> latest tile it was seen in."""
+    """Exact distinct count over a sliding window; per entity a `{value: latest tile index}` dict."""
 
-    __slots__ = ("tile_ms", "tiles", "seen")
+    __slots__ = ("tile_ms", "tiles")
 
     def __init__(self, tile_ms: int, tiles: int):
         self.tile_ms, self.tiles = tile_ms, tiles
-        self.seen: dict[str, int] = {}
 
-    def add(self, value: str, ts_ms: int) -> None:
+    def add(self, seen: dict[str, int], value: str, ts_ms: int, t_ms: int) -> None:
         idx = ts_ms // self.tile_ms
-        if self.seen.get(value, idx - 1) < idx:
-            self.seen[value] = idx
+        if idx <= t_ms // self.tile_ms - self.tiles:
+            return
+        if seen.get(value, idx - 1) < idx:
+            seen[value] = idx
 
-    def count(self, t_ms: int) -> int:
+    def count(self, seen: dict[str, int], t_ms: int) -> int:
         lo = t_ms // self.tile_ms - self.tiles
-        stale = [v for v, idx in self.seen.items() if idx <= lo]
+        stale = [v for v, idx in seen.items() if idx <= lo]
         for v in stale:
-            del self.seen[v]
-        return len(self.seen)
+            del seen[v]
+        return len(seen)
 
 
 def brute_force_window(events: Iterable[tuple[int, float]], t_ms: int, tile_ms: int, tiles: int) -> tuple[int, float]:

@@ -15,32 +15,31 @@ events = st.lists(st.tuples(st.integers(0, 60_000), st.floats(-1e3, 1e3, allow_n
 @settings(max_examples=300)
 def test_tile_window_equals_brute_force_for_any_order(evs, rnd):
     rnd.shuffle(evs)
-    window = TileWindow(TILE_MS, TILES, 2)
+    window, rows = TileWindow(TILE_MS, TILES, 2), {}
     t = 0
     accepted = []
     for ts, value in evs:
         t = max(t, ts)
-        row = window.row_for(ts, t)
+        row = window.row_for(rows, ts, t)
         if row is not None:
             row[0] += 1
             row[1] += value
         accepted.append((ts, value))
     count, total = brute_force_window(accepted, t, TILE_MS, TILES)
-    got = window.totals(t)
+    got = window.totals(rows, t)
     assert got[0] == count
     assert abs(got[1] - total) <= 1e-6 * max(1.0, sum(abs(v) for _, v in accepted))
 
 
 @given(st.lists(st.tuples(st.integers(0, 60_000), st.sampled_from("abcdefgh")), max_size=200))
 def test_distinct_window_is_exact(evs):
-    window = DistinctWindow(TILE_MS, TILES)
+    window, seen = DistinctWindow(TILE_MS, TILES), {}
     t = 0
     for ts, value in evs:
         t = max(t, ts)
-        if ts // TILE_MS > t // TILE_MS - TILES:
-            window.add(value, ts)
+        window.add(seen, value, ts, t)
     start, end = window_bounds(t, TILE_MS, TILES)
-    assert window.count(t) == len({v for ts, v in evs if start <= ts < end})
+    assert window.count(seen, t) == len({v for ts, v in evs if start <= ts < end})
 
 
 @given(st.integers(-10**12, 10**12), st.integers(1, 10**6), st.integers(1, 100))
@@ -51,8 +50,8 @@ def test_window_bounds_cover_exactly_n_tiles_ending_with_t(t, tile_ms, tiles):
 
 
 def test_pruned_tiles_do_not_come_back():
-    window = TileWindow(TILE_MS, TILES, 1)
-    window.row_for(0, 0)[0] += 1
-    assert window.totals(TILE_MS * TILES) == [0.0]
-    assert window.rows == {}
-    assert window.row_for(0, TILE_MS * TILES) is None
+    window, rows = TileWindow(TILE_MS, TILES, 1), {}
+    window.row_for(rows, 0, 0)[0] += 1
+    assert window.totals(rows, TILE_MS * TILES) == [0.0]
+    assert rows == {}
+    assert window.row_for(rows, 0, TILE_MS * TILES) is None

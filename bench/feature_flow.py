@@ -1,0 +1,244 @@
+"""Benchmark: feature-flow throughput against the plain consume+decode ceiling, freshness, 2-process scaling.
+
+Starts its own Tansu, Redis and registry on free ports, pre-produces N events over U users, then
+measures (1) the ceiling: one confluent-kafka consumer + fastavro decode loop over all events,
+(2) the flow: time until Redis reflects every event, (3) freshness at a fixed rate, from the
+producer's timestamp to the Redis write, and (4) the flow again with 2 processes.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from schemas.registry import RegistryClient  # noqa: E402
+from schemas.serde import TopicSerde  # noqa: E402
+from schemas.topics import CLICKSTREAM, all_topic_names  # noqa: E402
+from streams.features.keys import feature_key  # noqa: E402
+from streams.kafka.admin import ensure_topics  # noqa: E402
+from tests.servers import free_port, start_redis, start_tansu, wait_for  # noqa: E402
+
+KINDS = ["page_view"] * 50 + ["click"] * 25 + ["add_to_cart"] * 10 + ["purchase"] * 5 + ["search"] * 10
+
+
+def event(rnd: random.Random, n: int, users: int, items: int, ts: int) -> dict:
+    kind = rnd.choice(KINDS)
+    user = f"u{rnd.randrange(users)}"
+    item = None if kind == "search" else f"i{rnd.randrange(items)}"
+    return {"event_id": f"e{n}", "user_id": user, "session_id": f"{user}-{ts // 1_800_000}", "event_type": kind,
+            "item_id": item, "price": round(rnd.uniform(1, 200), 2) if item else None, "ts": ts, "page": "/p",
+            "referrer": None, "device": "mobile", "country": "DE", "props": {}}
+
+
+def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float | None = None) -> float:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
+                         "queue.buffering.max.messages": 1_000_000})
+    started = time.monotonic()
+    for i, record in enumerate(records):
+        if rate and i % 100 == 0:
+            ahead = started + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        while True:
+            try:
+                producer.produce(CLICKSTREAM.name, key=record["user_id"].encode(), value=serde.serialize(record))
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+    return time.monotonic() - started
+
+
+def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ceiling", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(CLICKSTREAM.name, p, 0) for p in range(partitions)])
+    n = 0
+    started = time.monotonic()
+    while n < total:
+        for msg in consumer.consume(5000, 1.0):
+            if not msg.error():
+                serde.deserialize(msg.value(), msg.partition(), msg.offset())
+                n += 1
+    elapsed = time.monotonic() - started
+    consumer.close()
+    return total / elapsed
+
+
+def flow_env(home: Path, bootstrap: str, registry: str, redis_url: str, metrics_port: int, **extra) -> dict:
+    return {**os.environ, "STREAMML_HOME": str(home), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAMML_SCHEMA_REGISTRY_URL": registry, "STREAMML_REDIS_URL": redis_url,
+            "STREAMML_FEATURES_METRICS_PORT": str(metrics_port), "STREAMML_LOG_LEVEL": "WARNING", **extra}
+
+
+def wait_reflected(redis_url: str, last_ts: dict[str, int], timeout_s: float) -> bool:
+    client = redis.Redis.from_url(redis_url)
+    pending = dict(last_ts)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        keys = list(pending)
+        pipe = client.pipeline(transaction=False)
+        for user in keys:
+            pipe.hget(feature_key("user", user), "_ts")
+        for user, raw in zip(keys, pipe.execute()):
+            if raw is not None and int(raw) >= pending[user]:
+                del pending[user]
+        if pending:
+            time.sleep(0.05)
+    return not pending
+
+
+def histogram(metrics_url: str, name: str) -> dict[float, float]:
+    text = httpx.get(metrics_url, timeout=5).text
+    out = {}
+    for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+        out[float("inf") if m[1] == "+Inf" else float(m[1])] = float(m[2])
+    return out
+
+
+def quantile(delta: dict[float, float], q: float) -> float:
+    """Quantile from cumulative bucket counts, linear inside the bucket (Prometheus' histogram_quantile)."""
+    bounds = sorted(delta)
+    total = delta[bounds[-1]]
+    if total <= 0:
+        return float("nan")
+    rank, prev_b, prev_c = q * total, 0.0, 0.0
+    for b in bounds:
+        if delta[b] >= rank:
+            if b == float("inf"):
+                return prev_b
+            return prev_b + (b - prev_b) * (rank - prev_c) / max(delta[b] - prev_c, 1e-9)
+        prev_b, prev_c = b, delta[b]
+    return bounds[-1]
+
+
+def run_flow(env: dict, procs: int, log: Path) -> list[subprocess.Popen]:
+    if procs == 1:
+        argvs = [({}, [sys.executable, "-m", "streams.flows.run"])]
+    else:
+        ports = [free_port() for _ in range(procs)]
+        addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+        argvs = [({"STREAMML_FEATURES_PROCESS_ID": str(i), "STREAMML_FEATURES_ADDRESSES": addresses,
+                   "STREAMML_FEATURES_METRICS_PORT": str(free_port())},
+                  [sys.executable, "-m", "streams.flows.run"]) for i in range(procs)]
+    out = []
+    for extra, argv in argvs:
+        out.append(subprocess.Popen(argv, env={**env, **extra}, stdout=open(log, "ab"), stderr=subprocess.STDOUT))
+    return out
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--fresh-rate", type=float, default=10_000)
+    parser.add_argument("--fresh-seconds", type=float, default=20)
+    parser.add_argument("--skip-scaling", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
+    tansu, redis_srv = start_tansu(work), start_redis(work)
+    bootstrap = f"127.0.0.1:{tansu.port}"
+    reg_port = free_port()
+    registry = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=ROOT,
+                                env={**os.environ, "STREAMML_HOME": str(work / "reg"),
+                                     "STREAMML_REGISTRY_PORT": str(reg_port)},
+                                stdout=open(work / "registry.log", "ab"), stderr=subprocess.STDOUT)
+    registry_url = f"http://127.0.0.1:{reg_port}"
+    result: dict = {"benchmark": "feature_flow", "events": args.events, "users": args.users,
+                    "partitions": args.partitions}
+    procs: list[subprocess.Popen] = []
+    try:
+        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
+        ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), args.partitions)
+        serde = TopicSerde(CLICKSTREAM, RegistryClient(registry_url))
+        rnd = random.Random(1)
+        t0 = int(time.time() * 1000) - 3_600_000
+        records = [event(rnd, n, args.users, args.items, t0 + n * 3_600_000 // args.events) for n in range(args.events)]
+        last_ts: dict[str, int] = {}
+        for r in records:
+            last_ts[r["user_id"]] = r["ts"]
+        result["produce_s"] = round(produce(bootstrap, serde, records), 2)
+
+        result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.events, args.partitions))
+
+        metrics_port = free_port()
+        env = flow_env(work / "home1", bootstrap, registry_url, f"redis://127.0.0.1:{redis_srv.port}/1", metrics_port)
+        started = time.monotonic()
+        procs = run_flow(env, 1, work / "flow1.log")
+        ok = wait_reflected(env["STREAMML_REDIS_URL"], last_ts, 600)
+        result["flow_s"] = round(time.monotonic() - started, 2)
+        result["flow_eps"] = round(args.events / result["flow_s"]) if ok else 0
+        result["ratio"] = round(result["flow_eps"] / result["ceiling_eps"], 3)
+
+        # Freshness: a fixed-rate stream into the running flow.
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        before = histogram(metrics_url, "streamml_features_freshness_seconds")
+        n_fresh = int(args.fresh_rate * args.fresh_seconds)
+        now = int(time.time() * 1000)
+        fresh = [event(rnd, args.events + n, args.users, args.items, now + n * 1000 // int(args.fresh_rate))
+                 for n in range(n_fresh)]
+        produced_s = produce(bootstrap, serde, fresh, rate=args.fresh_rate)
+        time.sleep(3)
+        after = histogram(metrics_url, "streamml_features_freshness_seconds")
+        delta = {b: after[b] - before.get(b, 0.0) for b in after}
+        result["fresh_rate_eps"] = round(n_fresh / produced_s)
+        result["freshness_p50_ms"] = round(quantile(delta, 0.5) * 1000, 1)
+        result["freshness_p99_ms"] = round(quantile(delta, 0.99) * 1000, 1)
+        result["freshness_batches"] = int(delta[float("inf")])
+        stop(procs)
+        procs = []
+
+        if not args.skip_scaling:
+            for r in fresh:
+                last_ts[r["user_id"]] = max(last_ts.get(r["user_id"], 0), r["ts"])
+            total = args.events + n_fresh
+            env2 = flow_env(work / "home2", bootstrap, registry_url, f"redis://127.0.0.1:{redis_srv.port}/2", 0)
+            started = time.monotonic()
+            procs = run_flow(env2, 2, work / "flow2.log")
+            ok = wait_reflected(env2["STREAMML_REDIS_URL"], last_ts, 600)
+            elapsed = time.monotonic() - started
+            result["flow_2proc_eps"] = round(total / elapsed) if ok else 0
+            result["scaling_2proc"] = round(result["flow_2proc_eps"] / result["flow_eps"], 2) if result["flow_eps"] else 0
+            stop(procs)
+            procs = []
+        result["goal"] = {"ratio": ">= 0.5", "freshness_p99_ms": "<= 250"}
+    finally:
+        stop(procs)
+        registry.terminate()
+        tansu.stop()
+        redis_srv.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

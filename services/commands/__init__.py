@@ -1,0 +1,1 @@
+"""Sub-commands of the `streamml` CLI, one module each, registered by `services.cli`."""
