@@ -18,7 +18,7 @@ from services.stack.binaries import redis_argv, tansu_argv
 from services.stack.health import http_ok, kafka_ok, port_open, redis_ok, wait_until
 from services.stack.supervisor import ProcessRecord, ProcessSpec, StackError, Supervisor
 from streams.kafka.admin import ensure_topics
-from streams.settings import Settings
+from streams.settings import FeatureFlowSettings, Settings, load_settings
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -69,10 +69,15 @@ def infrastructure(settings: Settings) -> list[StackProcess]:
 def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProcess]:
     """The streamml processes that run on top of the infrastructure."""
     out: list[StackProcess] = []
+    home = {"STREAMML_HOME": str(settings.home)}
+    flow_metrics = load_settings(FeatureFlowSettings).features_metrics_port
+    out.append(StackProcess(
+        ProcessSpec("features", _streamml("run", "features"), env=home, metrics_port=flow_metrics,
+                    health_url=f"http://127.0.0.1:{flow_metrics}/metrics"),
+        lambda: http_ok(f"http://127.0.0.1:{flow_metrics}/metrics"), f"http://127.0.0.1:{flow_metrics}/metrics"))
     if demo:
         out.append(StackProcess(
-            ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0"),
-                        env={"STREAMML_HOME": str(settings.home)}),
+            ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0"), env=home),
             lambda: True, f"{demo_rate:g} events/s"))
     return out
 

@@ -60,6 +60,9 @@ class EntityPlan:
             if f.aggregation in (Agg.ATTRIBUTE, Agg.AGE_DAYS):
                 self.attribute_fields[f.source.name].append(f.value_field)
         self.session_field = next((f.value_field for f in self.features if f.aggregation is Agg.SESSION_COUNT), None)
+        # Columns grouped by the event_type they require (the common filter), so an event only
+        # visits the columns that can match it.
+        self.columns_by_type: dict[Any, list[_Column]] = {}
         self.windowed_sources = {f.source.name for f in self.features if f.window is not None or
                                  f.aggregation in (Agg.SESSION_COUNT, Agg.MAX)}
 
@@ -78,6 +81,13 @@ class EntityPlan:
         widths[slot] += 1
         self.columns.append(_Column(slot, col, where, value_field))
         return col
+
+    def columns_for(self, event_type: Any) -> list[_Column]:
+        cols = self.columns_by_type.get(event_type)
+        if cols is None:
+            cols = [c for c in self.columns if dict(c.where).get("event_type") in (None, event_type)]
+            self.columns_by_type[event_type] = cols
+        return cols
 
     def new_state(self) -> EntityState:
         return EntityState(self)
@@ -131,7 +141,7 @@ class EntityState:
                 self.session = event.get(plan.session_field)
         t = self.t
         windows, rows = plan.tile_windows, self.rows
-        for c in plan.columns:
+        for c in plan.columns_for(event.get("event_type")):
             if c.where and not _matches(event, c.where):
                 continue
             row = windows[c.slot].row_for(rows[c.slot], ts, t)

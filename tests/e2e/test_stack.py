@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
@@ -29,7 +30,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 
 @pytest.fixture
 def stack_env(tmp_path: Path):
-    kafka, redis, registry = free_port(), free_port(), free_port()
+    kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -37,6 +38,7 @@ def stack_env(tmp_path: Path):
         "STREAMML_REDIS_URL": f"redis://127.0.0.1:{redis}/0",
         "STREAMML_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{registry}",
         "STREAMML_REGISTRY_PORT": str(registry),
+        "STREAMML_FEATURES_METRICS_PORT": str(flow_metrics),
         "COLUMNS": "200",
     }
     yield env, {"kafka": kafka, "redis": redis, "registry": registry}
@@ -60,7 +62,7 @@ def test_up_demo_status_down_round_trip(stack_env):
             break
         time.sleep(1)
     names = {row["name"]: row for row in report["processes"]}
-    assert {"broker", "redis", "registry", "loadgen"} <= set(names)
+    assert {"broker", "redis", "registry", "features", "loadgen"} <= set(names)
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
@@ -81,9 +83,17 @@ def test_up_demo_status_down_round_trip(stack_env):
     assert len(decoded) == 5
     assert all(event["user_id"] and event["event_type"] for event in decoded)
 
+    # The feature flow turns the demo traffic into online features.
+    client = redis_lib.Redis(port=ports["redis"])
+    deadline = time.monotonic() + 60
+    while not list(client.scan_iter("feat:user:*", count=100)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    user_key = next(client.scan_iter("feat:user:*", count=100))
+    assert int(client.hget(user_key, "_ts")) > 0
+
     stopped = _cli(env, "down")
     assert stopped.returncode == 0
-    for name in ("broker", "redis", "registry", "loadgen"):
+    for name in ("broker", "redis", "registry", "features", "loadgen"):
         assert name in stopped.stdout
     assert not port_open(ports["kafka"]) and not port_open(ports["redis"]) and not port_open(ports["registry"])
     after = json.loads(_cli(env, "status", "--json").stdout)
