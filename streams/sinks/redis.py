@@ -113,7 +113,7 @@ class FeatureWriter:
                 except redis.ResponseError as exc:  # keep reading so the connection stays in sync
                     error = error or exc
             if error is not None:
-                if "NOSCRIPT" in str(error):
+                if isinstance(error, redis.exceptions.NoScriptError):
                     self._sha = None  # Redis restarted and lost the script: load it and redo the batch
                 raise error
             return results
