@@ -70,11 +70,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
         print(json.dumps({"home": str(settings.home), "processes": rows, "topics": topics}))
         return
     table = Table(title="processes")
-    for col in ("name", "pid", "port", "alive", "ready", "log"):
+    for col in ("name", "pid", "port", "metrics", "alive", "ready", "log"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["name"], str(row["pid"]), str(row["port"] or "-"), _yes(row["alive"]), _yes(row["ready"]),
-                      row["log"])
+        table.add_row(row["name"], str(row["pid"]), str(row["port"] or "-"), str(row["metrics_port"] or "-"),
+                      _yes(row["alive"]), _yes(row["ready"]), row["log"])
     console.print(table)
     if topics:
         ttable = Table(title="topics (records, from end offsets)")

@@ -26,7 +26,7 @@ def kafka_ok(kafka_config: dict) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({**kafka_config, "socket.timeout.ms": 1000}).list_topics(timeout=1.5)
+        AdminClient({**kafka_config, "socket.timeout.ms": 1000, "log_level": 0}).list_topics(timeout=1.5)
         return True
     except Exception:
         return False

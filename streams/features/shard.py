@@ -38,6 +38,16 @@ class EntityWrites:
     max_kafka_ts: int = 0
 
 
+@dataclass(slots=True)
+class FeatureLogWindow:
+    """A closed tumbling window of the feature log: each entity's last values written inside it."""
+
+    entity: str
+    window_start: int
+    window_end: int
+    rows: list[tuple[str, int, dict[str, Any]]]  # (entity id, event time reflected, values)
+
+
 def shard_of(entity_id: str, shards: int) -> int:
     """Stable across processes (unlike `hash`)."""
     return zlib.crc32(entity_id.encode()) % shards
@@ -83,12 +93,34 @@ def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: i
 
 
 class ShardState:
-    """All entity states of one shard; `apply` folds a batch and returns the changed values."""
+    """All entity states of one shard; `apply` folds a batch and returns the changed values.
 
-    def __init__(self, entity: str, states: dict[str, EntityState] | None = None):
+    It also keeps the feature log's open tumbling windows (`period_ms`): per window, the last values
+    written for each entity. A window closes once the shard's event time passes its end plus the
+    allowed lateness, and is handed out as a `FeatureLogWindow`.
+    """
+
+    def __init__(self, entity: str, states: dict[str, EntityState] | None = None, *, period_ms: int = 60_000,
+                 lateness_ms: int = 300_000, pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] | None = None,
+                 high: int = 0):
         self.entity = entity
         self.plan = PLANS[entity]
         self.states: dict[str, EntityState] = states if states is not None else {}
+        self.period_ms, self.lateness_ms = period_ms, lateness_ms
+        self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
+        self.high = high
+
+    def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
+        """Windows whose end is behind the shard's event time minus lateness (all of them if `force`)."""
+        limit = self.high if force else self.high - self.lateness_ms
+        out = []
+        for k in sorted(self.pending):
+            end = (k + 1) * self.period_ms
+            if end > limit:
+                break
+            rows = [(eid, ts, values) for eid, (ts, values) in sorted(self.pending.pop(k).items())]
+            out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
+        return out
 
     def apply(self, inputs: list[ShardInput]) -> EntityWrites:
         plan, states = self.plan, self.states
@@ -112,14 +144,27 @@ class ShardState:
                     state.apply_event(plan, record, record["ts"])
                     touched[eid] = state
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
+        period, pending, high = self.period_ms, self.pending, self.high
+        for row in rows:
+            ts = row[1]
+            if ts > high:
+                high = ts
+            window = pending.get(ts // period)
+            if window is None:
+                window = pending[ts // period] = {}
+            window[row[0]] = (ts, row[2])
+        self.high = high
         return EntityWrites(self.entity, rows, max_kts)
 
     def snapshot(self) -> bytes:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it)."""
-        return pickle.dumps({eid: s.dump() for eid, s in self.states.items()}, protocol=pickle.HIGHEST_PROTOCOL)
+        states = {eid: s.dump() for eid, s in self.states.items()}
+        return pickle.dumps((states, self.pending, self.high), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def restore(cls, entity: str, snapshot: bytes | None) -> ShardState:
+    def restore(cls, entity: str, snapshot: bytes | None, **options: int) -> ShardState:
         if snapshot is None:
-            return cls(entity)
-        return cls(entity, {eid: EntityState.load(data) for eid, data in pickle.loads(snapshot).items()})
+            return cls(entity, **options)
+        states, pending, high = pickle.loads(snapshot)
+        return cls(entity, {eid: EntityState.load(d) for eid, d in states.items()}, pending=pending, high=high,
+                   **options)

@@ -7,7 +7,8 @@ its share for one shard), which is what keeps Bytewax's per-item overhead off th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +19,43 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.topics import TopicSpec
 from streams.features.definitions import source_topics
-from streams.features.shard import PLANS, EntityWrites, ShardInput, ShardState, route
+from streams.features.shard import PLANS, EntityWrites, FeatureLogWindow, ShardInput, ShardState, route
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
 from streams.settings import FeatureFlowSettings
 from streams.sinks.dead_letters import DeadLetterSink
+from streams.sinks.feature_log import FeatureLogSink
 from streams.sinks.parquet import EventLogSink
 from streams.sinks.redis import RedisFeatureSink
 
 
-class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites, tuple[str, bytes]]):
-    """Bytewax state of one (entity, shard) key: a `ShardState` fed whole micro-batches."""
+class ShardLogic(StatefulBatchLogic[ShardInput, "EntityWrites | FeatureLogWindow", tuple[str, bytes]]):
+    """Bytewax state of one (entity, shard) key: a `ShardState` fed whole micro-batches.
 
-    def __init__(self, resume: tuple[str, bytes] | None):
-        self._state = ShardState.restore(resume[0], resume[1]) if resume is not None else None
+    Emits the new values of the entities each batch touched (for Redis) and the feature-log windows
+    that closed; a shard that goes quiet closes its open windows after `idle_s` of wall time.
+    """
 
-    def on_batch(self, values: list[ShardInput]) -> tuple[list[EntityWrites], bool]:
+    def __init__(self, period_ms: int, lateness_ms: int, idle_s: float, resume: tuple[str, bytes] | None):
+        self._options = {"period_ms": period_ms, "lateness_ms": lateness_ms}
+        self._idle = timedelta(seconds=idle_s)
+        self._last_batch = datetime.now(UTC)
+        self._state = ShardState.restore(resume[0], resume[1], **self._options) if resume is not None else None
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[list, bool]:
         if self._state is None:
-            self._state = ShardState(values[0].entity)
-        return [self._state.apply(values)], StatefulBatchLogic.RETAIN
+            self._state = ShardState(values[0].entity, **self._options)
+        self._last_batch = datetime.now(UTC)
+        writes = self._state.apply(values)
+        return [writes, *self._state.close_windows()], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self._state is None or not self._state.pending:
+            return None
+        return self._last_batch + self._idle
+
+    def on_notify(self) -> tuple[list, bool]:
+        assert self._state is not None
+        return list(self._state.close_windows(force=True)), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> tuple[str, bytes]:
         assert self._state is not None
@@ -55,12 +75,14 @@ class FlowConfig:
     batch_size: int
     namespace: str = ""
     topics: tuple[TopicSpec, ...] = ()
+    log_period_ms: int = 60_000
+    log_idle_s: float = 30.0
 
     @classmethod
     def from_settings(cls, s: FeatureFlowSettings) -> FlowConfig:
         return cls(s.kafka_config(), s.schema_registry_url, s.redis_url, s.data_dir, s.features_shards,
                    int(s.features_lateness_s * 1000), s.features_batch_size, s.features_namespace,
-                   source_topics())
+                   source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s)
 
 
 def windowed_topics() -> frozenset[str]:
@@ -88,9 +110,11 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
         return route(b.topic, b.events, b.max_kafka_ts, shards)
 
     routed = op.flat_map("route", batches, to_shards)
-    writes = op.stateful_batch("features", routed, ShardLogic)
-    op.output("redis", op.map("unkey", writes, lambda kv: kv[1]),
-              RedisFeatureSink(cfg.redis_url, cfg.namespace))
+    logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s)
+    outputs = op.stateful_batch("features", routed, logic)
+    split = op.branch("split", outputs, lambda kv: isinstance(kv[1], EntityWrites))
+    op.output("redis", op.map("unkey", split.trues, lambda kv: kv[1]), RedisFeatureSink(cfg.redis_url, cfg.namespace))
+    op.output("feature_log", split.falses, FeatureLogSink(cfg.data_dir / "features"))
     return flow
 
 

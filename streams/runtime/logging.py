@@ -33,6 +33,8 @@ def configure_logging(process: str, level: str = "INFO", fmt: str = "json") -> s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for noisy in ("httpx", "httpx2", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.contextvars.bind_contextvars(process=process)
     return structlog.get_logger(process)
 
