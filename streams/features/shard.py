@@ -111,7 +111,11 @@ class ShardState:
         self.high = high
 
     def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
-        """Windows whose end is behind the shard's event time minus lateness (all of them if `force`)."""
+        """Windows whose end is behind the shard's event time minus lateness (or just behind it if `force`).
+
+        The window holding the shard's latest event time never closes early: closing it and reopening
+        it later would overwrite its file with half the rows.
+        """
         limit = self.high if force else self.high - self.lateness_ms
         out = []
         for k in sorted(self.pending):

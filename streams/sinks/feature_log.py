@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from streams.features.definitions import ENTITIES, features_of
@@ -46,9 +47,24 @@ def write_window(root: Path, shard: str, window: FeatureLogWindow) -> Path:
     rows = [{"entity_id": eid, "feature_ts": ts, "window_start": window.window_start, "window_end": window.window_end,
              **values} for eid, ts, values in window.rows]
     path = window_path(root, window, shard)
+    if path.exists():  # a window re-sent after a restart, or reopened by a late event: merge, newest wins
+        merged = {r["entity_id"]: r for r in pq.read_table(path).to_pylist()}
+        for row in rows:
+            old = merged.get(row["entity_id"])
+            if old is None or old["feature_ts"].timestamp() * 1000 <= row["feature_ts"]:
+                merged[row["entity_id"]] = row
+        rows = [r if isinstance(r["feature_ts"], int) else _as_millis(r) for r in merged.values()]
     write_atomic(pa.Table.from_pylist(rows, schema=schema), path)
     metrics.PARQUET_ROWS.labels("features").inc(len(rows))
     return path
+
+
+def _as_millis(row: dict) -> dict:
+    """A row read back from Parquet (datetimes) in the shape we write (epoch ms)."""
+    out = dict(row)
+    for name in ("feature_ts", "window_start", "window_end"):
+        out[name] = int(out[name].timestamp() * 1000)
+    return out
 
 
 class _Partition(StatelessSinkPartition[tuple[str, FeatureLogWindow]]):

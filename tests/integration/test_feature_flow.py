@@ -68,3 +68,12 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
     decoded = {(t, p, o) for p, o, t, r, _ in records if r is not None}
     assert set(positions) == decoded
     assert sum(r["_late"] for r in rows) == len(late)
+    # The feature log: closed windows, one row per entity and window, event time inside the window.
+    logged = glob.glob(str(tmp_path / "home" / "data" / "features" / "entity=*" / "date=*" / "hour=*" / "*.parquet"))
+    assert logged
+    table = pq.ParquetDataset(logged).read(columns=["entity", "entity_id", "feature_ts", "window_start", "window_end"])
+    log_rows = table.to_pylist()
+    keys = [(r["entity"], r["entity_id"], r["window_end"]) for r in log_rows]
+    assert len(keys) == len(set(keys))
+    assert all(r["window_start"] <= r["feature_ts"] < r["window_end"] for r in log_rows)
+    assert {r["entity"] for r in log_rows} == {"user", "item"}

@@ -1,0 +1,76 @@
+"""Feature-log windows: each closed window holds, per entity, exactly the values as of its last write in it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from schemas.topics import CLICKSTREAM
+from streams.features.shard import ShardInput, ShardState
+from tests.oracle import expected_features
+
+T0 = 1_763_800_000_000
+PERIOD, LATENESS = 60_000, 120_000
+
+
+def _events(seed: int, n: int) -> list[dict]:
+    rnd = random.Random(seed)
+    out, clock = [], T0
+    for i in range(n):
+        clock += rnd.randint(0, 4_000)
+        kind = rnd.choice(["page_view", "click", "add_to_cart", "purchase"])
+        out.append({"event_type": kind, "user_id": f"u{rnd.randint(0, 4)}", "item_id": f"i{rnd.randint(0, 3)}",
+                    "price": round(rnd.uniform(1, 9), 2), "ts": clock, "session_id": f"s{clock // 900_000}"})
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_closed_windows_equal_the_oracle_as_of_each_rows_event_time(seed):
+    events = _events(seed, 600)
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
+    closed = []
+    rnd = random.Random(seed)
+    i = 0
+    while i < len(events):
+        size = rnd.randint(1, 25)
+        batch = events[i:i + size]
+        i += size
+        state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in batch])])
+        closed += state.close_windows()
+    assert closed, "windows should close as event time advances"
+    ends = [w.window_end for w in closed]
+    assert ends == sorted(ends) and len(set(ends)) == len(ends)
+    assert max(ends) <= state.high - LATENESS
+    for window in closed:
+        for eid, ts, values in window.rows:
+            assert window.window_start <= ts < window.window_end
+            known = [(CLICKSTREAM.name, e) for e in events if e["ts"] <= ts]
+            want = expected_features(known)[("user", eid)]
+            assert values == pytest.approx({k: v for k, v in want.items() if k != "_ts"})
+    rest = state.close_windows(force=True)  # idle: close every window that event time has passed
+    assert all(w.window_end <= state.high for w in rest)
+    assert all((k + 1) * PERIOD > state.high for k in state.pending)  # only the current window stays open
+
+
+def test_pending_windows_survive_a_snapshot():
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
+    state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in _events(4, 50)])])
+    restored = ShardState.restore("user", state.snapshot(), period_ms=PERIOD, lateness_ms=LATENESS)
+    assert restored.pending == state.pending and restored.high == state.high
+    assert {k: s.dump() for k, s in restored.states.items()} == {k: s.dump() for k, s in state.states.items()}
+
+
+def test_a_window_written_twice_merges_instead_of_losing_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from streams.features.shard import FeatureLogWindow
+    from streams.sinks.feature_log import write_window
+
+    first = FeatureLogWindow("user", 0, PERIOD, [("u1", 10, {"views_1h": 1}), ("u2", 20, {"views_1h": 2})])
+    later = FeatureLogWindow("user", 0, PERIOD, [("u2", 30, {"views_1h": 5}), ("u3", 40, {"views_1h": 3})])
+    write_window(tmp_path, "user:0", first)
+    path = write_window(tmp_path, "user:0", later)
+    rows = {r["entity_id"]: r["views_1h"] for r in pq.read_table(path).to_pylist()}
+    assert rows == {"u1": 1, "u2": 5, "u3": 3}
+    assert len(list(tmp_path.rglob("*.parquet"))) == 1
