@@ -70,9 +70,15 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         self._labels = (spec.name, str(partition))
         self._events_in = metrics.EVENTS_IN.labels(spec.name)
         self._position = metrics.POSITION.labels(*self._labels)
+        self._high_watermark = metrics.HIGH_WATERMARK.labels(*self._labels)
+        self._tp = TopicPartition(spec.name, partition)
 
     def next_batch(self) -> list[SourceBatch]:
         msgs = self._consumer.consume(self._config.batch_size, 0.005)
+        try:  # from the last fetch response: no network round trip
+            self._high_watermark.set(self._consumer.get_watermark_offsets(self._tp, cached=True)[1])
+        except Exception:
+            pass
         if not msgs:
             return []
         batch = SourceBatch(self._spec.name, self._partition, ingest_ms=int(time.time() * 1000))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import glob
 import signal
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import frame
 from schemas.registry import RegistryClient
@@ -23,6 +25,7 @@ from tests.flowkit import (
     wait_for_redis,
 )
 from tests.oracle import accepted_in_partition_order, expected_features
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LATENESS_MS = 300_000
@@ -43,7 +46,10 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
     assert late, "the generator should have produced late events"
     want = expected_features(accepted)
 
-    flow = start_flow(flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url), tmp_path / "flow.log")
+    metrics_port = free_port()
+    env = flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url,
+                   STREAMML_FEATURES_METRICS_PORT=str(metrics_port))
+    flow = start_flow(env, tmp_path / "flow.log")
     try:
         got = wait_for_redis(redis_db_url, want, timeout_s=90)
         assert got.keys() == want.keys()
@@ -56,6 +62,21 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
         assert sorted(r for r in reasons if r != "late") == [
             "bad_magic", "invalid_avro", "truncated", "truncated", "unknown_schema"]
         assert {d["value"] for d in letters if d["streamml.error.reason"] != "late"} == {g for _, g in garbage}
+
+        # (the text parser reports counter samples without their `_total` suffix)
+        scraped = {(s.name.removesuffix("_total"), tuple(sorted(s.labels.items()))): s.value
+                   for m in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
+                   for s in m.samples}
+        clicks = sum(1 for _, _, t, _, _ in records if t == CLICKSTREAM.name)
+        assert scraped[("streamml_features_events", (("topic", CLICKSTREAM.name),))] == clicks
+        assert scraped[("streamml_features_late_events", (("topic", CLICKSTREAM.name),))] == len(late)
+        assert scraped[("streamml_features_dead_letters",
+                        (("reason", "bad_magic"), ("topic", CLICKSTREAM.name)))] == 1
+        assert scraped[("streamml_features_freshness_seconds_count", ())] > 0
+        assert scraped[("streamml_features_redis_write_seconds_count", ())] > 0
+        positions = sum(v for (name, labels), v in scraped.items()
+                        if name == "streamml_features_position_offset" and ("topic", CLICKSTREAM.name) in labels)
+        assert positions == clicks
     finally:
         flow.send_signal(signal.SIGTERM)
         flow.wait(30)
