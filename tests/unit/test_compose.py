@@ -22,8 +22,19 @@ def test_compose_has_the_production_like_services():
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
 
 
+def _all_settings_fields() -> set[str]:
+    import services.registry.settings  # noqa: F401  (registers its Settings subclass)
+
+    kinds, names = [Settings], set()
+    while kinds:
+        kind = kinds.pop()
+        names |= set(kind.model_fields)
+        kinds.extend(kind.__subclasses__())
+    return {f"{ENV_PREFIX}{name}".upper() for name in names}
+
+
 def test_every_streamml_variable_in_compose_is_a_setting():
-    fields = {f"{ENV_PREFIX}{name}".upper() for name in Settings.model_fields}
+    fields = _all_settings_fields()
     for name, service in _compose()["services"].items():
         for var in (service.get("environment") or {}):
             if var.startswith(ENV_PREFIX) and not var.startswith(f"{ENV_PREFIX}KAFKA_") or var == "STREAMML_KAFKA_BOOTSTRAP_SERVERS":
