@@ -19,7 +19,17 @@ _NOT_FOUND_CODES = {40401, 40402, 40403}
 
 
 class RegistryClient:
-    """Registers and looks up Avro schemas; one instance per process, shared by all serdes."""
+    """Registers and looks up Avro schemas; one instance per process, shared by all serdes (`shared`)."""
+
+    _shared: dict[str, RegistryClient] = {}
+
+    @classmethod
+    def shared(cls, url: str) -> RegistryClient:
+        """The process-wide client for `url` (building one costs an SSL context and a cache)."""
+        client = cls._shared.get(url)
+        if client is None:
+            client = cls._shared[url] = cls(url)
+        return client
 
     def __init__(self, url: str, conf: dict[str, Any] | None = None):
         self.url = url

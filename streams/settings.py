@@ -143,7 +143,8 @@ class FeatureFlowSettings(Settings):
     features_addresses: str | None = Field(None, description="host:port;host:port of every cluster process.")
     features_metrics_port: int = Field(9101, ge=0, description="Prometheus /metrics port (0 = any free port).")
     features_namespace: str = Field("", description="Redis key namespace to write into ('' = serving keys).")
-    features_log_period_s: float = Field(60.0, gt=0, description="Tumbling window of the offline feature log.")
+    features_log_period_s: float = Field(
+        300.0, gt=0, description="Tumbling window of the offline feature log (one file per window and shard).")
     features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this.")
 
     @property

@@ -141,24 +141,33 @@ class ShardState:
                     state.apply_change(plan, part.topic, record["op"], record.get("after"), record["ts_ms"])
                     touched[eid] = state
             else:
+                period = self.period_ms
                 for eid, record in part.rows:
                     state = states.get(eid)
                     if state is None:
                         state = states[eid] = plan.new_state()
-                    state.apply_event(plan, record, record["ts"])
+                    ts = record["ts"]
+                    if state.t and ts // period > state.ts // period:
+                        # The entity moves on to a later log window inside this batch: keep its
+                        # values as of its last event in the window it leaves, so the log does not
+                        # depend on where batches happen to end.
+                        self._log(eid, state.ts, state.values(plan))
+                    state.apply_event(plan, record, ts)
                     touched[eid] = state
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
-        period, pending, high = self.period_ms, self.pending, self.high
-        for row in rows:
-            ts = row[1]
-            if ts > high:
-                high = ts
-            window = pending.get(ts // period)
-            if window is None:
-                window = pending[ts // period] = {}
-            window[row[0]] = (ts, row[2])
-        self.high = high
+        for eid, ts, values in rows:
+            self._log(eid, ts, values)
         return EntityWrites(self.entity, rows, max_kts)
+
+    def _log(self, eid: str, ts: int, values: dict[str, Any]) -> None:
+        """Remember `values` as the entity's latest in the log window holding `ts`."""
+        if ts > self.high:
+            self.high = ts
+        k = ts // self.period_ms
+        window = self.pending.get(k)
+        if window is None:
+            window = self.pending[k] = {}
+        window[eid] = (ts, values)
 
     def snapshot(self) -> bytes:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it)."""

@@ -18,7 +18,7 @@ from bytewax.operators import StatefulBatchLogic
 from confluent_kafka.admin import AdminClient
 
 from schemas.topics import TopicSpec
-from streams.features.definitions import source_topics
+from streams.features.definitions import ENTITIES, source_topics
 from streams.features.shard import PLANS, EntityWrites, FeatureLogWindow, ShardInput, ShardState, route
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
 from streams.settings import FeatureFlowSettings
@@ -28,7 +28,7 @@ from streams.sinks.parquet import EventLogSink
 from streams.sinks.redis import RedisFeatureSink
 
 
-class ShardLogic(StatefulBatchLogic[ShardInput, "EntityWrites | FeatureLogWindow", tuple[str, bytes]]):
+class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow, tuple[str, bytes]]):
     """Bytewax state of one (entity, shard) key: a `ShardState` fed whole micro-batches.
 
     Emits the new values of the entities each batch touched (for Redis) and the feature-log windows
@@ -75,7 +75,7 @@ class FlowConfig:
     batch_size: int
     namespace: str = ""
     topics: tuple[TopicSpec, ...] = ()
-    log_period_ms: int = 60_000
+    log_period_ms: int = 300_000
     log_idle_s: float = 30.0
 
     @classmethod
@@ -113,7 +113,8 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
     logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s)
     outputs = op.stateful_batch("features", routed, logic)
     split = op.branch("split", outputs, lambda kv: isinstance(kv[1], EntityWrites))
-    op.output("redis", op.map("unkey", split.trues, lambda kv: kv[1]), RedisFeatureSink(cfg.redis_url, cfg.namespace))
+    shard_keys = [f"{e.name}:{i}" for e in ENTITIES for i in range(shards)]
+    op.output("redis", split.trues, RedisFeatureSink(cfg.redis_url, shard_keys, cfg.namespace))
     op.output("feature_log", split.falses, FeatureLogSink(cfg.data_dir / "features"))
     return flow
 

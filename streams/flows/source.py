@@ -56,7 +56,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
     def __init__(self, config: SourceConfig, spec: TopicSpec, partition: int, resume: tuple[int, int | None] | None):
         self._config, self._spec, self._partition = config, spec, partition
         self._offset, self._high_ts = resume if resume is not None else (OFFSET_BEGINNING, None)
-        self._serde = TopicSerde(spec, RegistryClient(config.registry_url))
+        self._serde = TopicSerde(spec, RegistryClient.shared(config.registry_url))
         self._windowed = spec.name in config.windowed_topics
         self._consumer = Consumer({
             **config.kafka,

@@ -7,13 +7,14 @@ one can never move a feature backwards. Values are absolute, never increments: r
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 
 import hiredis
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.keys import TS_FIELD, encode_value, feature_key
@@ -127,23 +128,97 @@ class FeatureWriter:
         self._client.close()
 
 
-class _Partition(StatelessSinkPartition[EntityWrites]):
-    def __init__(self, url: str, namespace: str):
-        self._writer = FeatureWriter(url, namespace)
+class BackgroundWriter:
+    """Writes batches on a thread of its own, so the flow computes the next batch while Redis works.
 
-    def write_batch(self, items: list[EntityWrites]) -> None:
-        self._writer.write(items)
+    Submissions are written in order; batches that queued up meanwhile go out as one pipeline.
+    `wait(seq)` blocks until everything up to `seq` is in Redis: the sink calls it at each snapshot,
+    so an epoch is only committed once its writes landed (exactly-once stays intact).
+    """
+
+    def __init__(self, writer: FeatureWriter):
+        self._writer = writer
+        self._queue: list[tuple[int, list[EntityWrites]]] = []
+        self._cond = threading.Condition()
+        self._submitted = self._done = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, items: list[EntityWrites]) -> int:
+        with self._cond:
+            self._submitted += 1
+            self._queue.append((self._submitted, items))
+            self._cond.notify_all()
+            return self._submitted
+
+    def wait(self, seq: int | None = None) -> None:
+        with self._cond:
+            target = self._submitted if seq is None else seq
+            while self._done < target and self._thread.is_alive():
+                self._cond.wait(1.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                work, self._queue = self._queue, []
+            self._writer.write([b for _, items in work for b in items])  # retries until Redis takes it
+            with self._cond:
+                self._done = work[-1][0]
+                self._cond.notify_all()
 
     def close(self) -> None:
+        self.wait()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(10)
         self._writer.close()
 
 
-class RedisFeatureSink(DynamicSink[EntityWrites]):
-    """Bytewax sink: every worker writes its shards' values straight into Redis."""
+_WRITERS: dict[tuple[str, str], BackgroundWriter] = {}
+_WRITERS_LOCK = threading.Lock()
 
-    def __init__(self, url: str, namespace: str = ""):
-        self._url, self._namespace = url, namespace
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
+def _shared_writer(url: str, namespace: str) -> BackgroundWriter:
+    """One writer thread per process and target, shared by the sink partitions on this process."""
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get((url, namespace))
+        if writer is None:
+            writer = _WRITERS[(url, namespace)] = BackgroundWriter(FeatureWriter(url, namespace))
+        return writer
+
+
+class _Partition(StatefulSinkPartition[EntityWrites, None]):
+    def __init__(self, url: str, namespace: str):
+        self._writer = _shared_writer(url, namespace)
+        self._last = 0
+
+    def write_batch(self, items: list[EntityWrites]) -> None:
+        self._last = self._writer.submit(items)
+
+    def snapshot(self) -> None:
+        self._writer.wait(self._last)  # the epoch's writes are in Redis before it commits
+
+    def close(self) -> None:
+        self._writer.wait(self._last)
+
+
+class RedisFeatureSink(FixedPartitionedSink[EntityWrites, None]):
+    """Bytewax sink with one partition per state shard (`user:3`); all write through one thread per process."""
+
+    def __init__(self, url: str, shard_keys: list[str], namespace: str = ""):
+        self._url, self._namespace, self._parts = url, namespace, sorted(shard_keys)
+
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def part_fn(self, item_key: str) -> int:
+        return self._parts.index(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
         return _Partition(self._url, self._namespace)
-

@@ -25,9 +25,16 @@ from tests.flowkit import (
     wait_for_redis,
 )
 from tests.oracle import accepted_in_partition_order, expected_features
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _event_log_rows(tmp_path) -> list[dict]:
+    files = glob.glob(str(tmp_path / "home" / "data" / "events" / "topic=*" / "date=*" / "hour=*" / "*.parquet"))
+    if not files:
+        return []
+    return pq.ParquetDataset(files).read(columns=["_topic", "_partition", "_offset", "_late"]).to_pylist()
 LATENESS_MS = 300_000
 GARBAGE = [(CLICKSTREAM, b"\x07not avro at all"), (CLICKSTREAM, frame(999_999, b"\x02x")),
            (CLICKSTREAM, b"\x00\x00"), (CDC_USERS, frame(1, b""))]
@@ -77,16 +84,19 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
         positions = sum(v for (name, labels), v in scraped.items()
                         if name == "streamml_features_position_offset" and ("topic", CLICKSTREAM.name) in labels)
         assert positions == clicks
+
+        # The Parquet log is flushed at each epoch (snapshot): wait for it before stopping the flow.
+        decoded = {(t, p, o) for p, o, t, r, _ in records if r is not None}
+        wait_for(lambda: len(_event_log_rows(tmp_path)) >= len(decoded), 30, "event log")
+        wait_for(lambda: len(glob.glob(str(tmp_path / "home" / "data" / "features" / "entity=*"))) == 2, 30,
+                 "feature log")
     finally:
         flow.send_signal(signal.SIGTERM)
         flow.wait(30)
 
-    files = glob.glob(str(tmp_path / "home" / "data" / "events" / "topic=*" / "date=*" / "hour=*" / "*.parquet"))
-    assert files
-    rows = pq.ParquetDataset(files).read(columns=["_topic", "_partition", "_offset", "_late"]).to_pylist()
+    rows = _event_log_rows(tmp_path)
     positions = [(r["_topic"], r["_partition"], r["_offset"]) for r in rows]
     assert len(positions) == len(set(positions)), "a row was written twice"
-    decoded = {(t, p, o) for p, o, t, r, _ in records if r is not None}
     assert set(positions) == decoded
     assert sum(r["_late"] for r in rows) == len(late)
     # The feature log: closed windows, one row per entity and window, event time inside the window.
