@@ -122,7 +122,7 @@ class ShardState:
             end = (k + 1) * self.period_ms
             if end > limit:
                 break
-            rows = [(eid, ts, values) for eid, (ts, values) in sorted(self.pending.pop(k).items())]
+            rows = [(eid, ts, values) for eid, (ts, values) in self.pending.pop(k).items()]
             out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
         return out
 
@@ -147,10 +147,11 @@ class ShardState:
                     if state is None:
                         state = states[eid] = plan.new_state()
                     ts = record["ts"]
-                    if state.t and ts // period > state.ts // period:
+                    if eid in touched and ts // period > state.ts // period:
                         # The entity moves on to a later log window inside this batch: keep its
                         # values as of its last event in the window it leaves, so the log does not
-                        # depend on where batches happen to end.
+                        # depend on where batches happen to end. (Changes from earlier batches were
+                        # logged when those batches ended.)
                         self._log(eid, state.ts, state.values(plan))
                     state.apply_event(plan, record, ts)
                     touched[eid] = state
