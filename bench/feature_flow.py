@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--fresh-rate", type=float, default=10_000)
     parser.add_argument("--fresh-seconds", type=float, default=20)
+    parser.add_argument("--light-rate", type=float, default=2_000, help="second freshness phase, below capacity")
     parser.add_argument("--skip-scaling", action="store_true")
     args = parser.parse_args()
 
@@ -222,21 +223,25 @@ def main() -> None:
         result["flow_eps"] = round(args.events / result["flow_s"]) if ok else 0
         result["ratio"] = round(result["flow_eps"] / result["ceiling_eps"], 3)
 
-        # Freshness: a fixed-rate stream into the running flow.
+        # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        before = histogram(metrics_url, "streamml_features_freshness_seconds")
-        n_fresh = int(args.fresh_rate * args.fresh_seconds)
-        now = int(time.time() * 1000)
-        fresh = [event(rnd, args.events + n, args.users, args.items, now + n * 1000 // int(args.fresh_rate))
-                 for n in range(n_fresh)]
-        produced_s = produce(bootstrap, serde, fresh, rate=args.fresh_rate)
-        time.sleep(3)
-        after = histogram(metrics_url, "streamml_features_freshness_seconds")
-        delta = {b: after[b] - before.get(b, 0.0) for b in after}
-        result["fresh_rate_eps"] = round(n_fresh / produced_s)
-        result["freshness_p50_ms"] = round(quantile(delta, 0.5) * 1000, 1)
-        result["freshness_p99_ms"] = round(quantile(delta, 0.99) * 1000, 1)
-        result["freshness_batches"] = int(delta[float("inf")])
+        fresh: list[dict] = []
+        for label, rate in (("", args.fresh_rate), ("_light", args.light_rate)):
+            time.sleep(3)  # let the previous phase drain
+            before = histogram(metrics_url, "streamml_features_freshness_seconds")
+            n_fresh = int(rate * args.fresh_seconds)
+            now = int(time.time() * 1000)
+            phase = [event(rnd, args.events + len(fresh) + n, args.users, args.items, now + int(n * 1000 / rate))
+                     for n in range(n_fresh)]
+            fresh += phase
+            produced_s = produce(bootstrap, serde, phase, rate=rate)
+            time.sleep(3)
+            after = histogram(metrics_url, "streamml_features_freshness_seconds")
+            delta = {b: after[b] - before.get(b, 0.0) for b in after}
+            result[f"fresh{label}_rate_eps"] = round(n_fresh / produced_s)
+            result[f"freshness{label}_p50_ms"] = round(quantile(delta, 0.5) * 1000, 1)
+            result[f"freshness{label}_p99_ms"] = round(quantile(delta, 0.99) * 1000, 1)
+        n_fresh = len(fresh)
         stop(procs)
         procs = []
 
