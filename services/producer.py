@@ -2,6 +2,8 @@
 
 One idempotent librdkafka producer per process, a serde per topic, delivery outcomes counted per topic.
 A record that does not fit its schema is refused before anything is sent; a full queue never drops one.
+A broker without idempotent producing (Kafka < 0.11, or no IdempotentWrite ACL) fails with a `BrokerError`
+saying to set STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false; there is no silent fallback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -24,12 +26,10 @@ log = get_logger(__name__)
 
 # Fatal errors meaning the cluster cannot do idempotent producing at all (no InitProducerId, no ACL).
 NO_IDEMPOTENCE = frozenset({KafkaError._UNSUPPORTED_FEATURE, KafkaError.CLUSTER_AUTHORIZATION_FAILED})
-# Delivery errors meaning "librdkafka gave the record back" (purge on a fatal error), not "refused".
-_GIVEN_BACK = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT, KafkaError._FATAL})
 _POLL_EVERY = 1000  # serve delivery callbacks at least this often while publishing
+_FLUSH_SLICE_S = 0.1  # flush() waits in slices shorter than confluent-kafka's 200 ms chunks: see flush()
 
 ProducerFactory = Callable[[dict[str, Any]], Any]
-Outgoing = tuple[str, bytes | None, bytes, list[tuple[str, bytes]] | None]
 
 
 @dataclass
@@ -45,9 +45,9 @@ class TopicCounts:
 class EventProducer:
     """Publishes records of contract topics; use as a context manager so `close()` flushes.
 
-    Idempotence is confirmed by the first successful delivery (librdkafka needs a producer id from
-    InitProducerId before anything is written). Until then every record is also kept here, so a
-    cluster without idempotent producing costs a warning and a resend, never a lost record.
+    Idempotent by default; an explicit `enable.idempotence` (STREAMML_KAFKA_ENABLE_IDEMPOTENCE, or the
+    config Mapping, or an override) wins. A fatal producer error is raised as `BrokerError` by
+    `publish`/`poll`/`flush`/`close`; the producer then refuses further work: create a new one.
     Not thread-safe (counters and serdes are plain attributes): use one per thread.
     """
 
@@ -73,9 +73,9 @@ class EventProducer:
         self._factory = producer_factory
         self._serdes: dict[str, TopicSerde] = {}
         self._counts: dict[str, TopicCounts] = {}
-        self._unconfirmed: list[Outgoing] | None = [] if self.idempotent else None
         self._since_poll = 0
         self._last_error: str | None = None
+        self._fatal: str | None = None  # the BrokerError message once the producer failed fatally
         self._closed_with: int | None = None  # undelivered count once closed
         self._producer = self._new_producer()
 
@@ -88,12 +88,11 @@ class EventProducer:
         """
         if self._closed_with is not None:
             raise BrokerError("this EventProducer is closed; create a new one to publish again")
+        if self._fatal is not None:
+            raise BrokerError(self._fatal)
         value = self.serialize(spec, record)
         key_text = spec.key_of(record) if key is None else key
-        outgoing = (spec.name, key_text.encode("utf-8"), value, headers)
-        self._produce(outgoing)
-        if self._unconfirmed is not None:
-            self._unconfirmed.append(outgoing)
+        self._produce(spec.name, key_text.encode("utf-8"), value, headers)
         counts = self._counts_of(spec.name)
         counts.queued += 1
         counts.bytes += len(value)
@@ -124,38 +123,50 @@ class EventProducer:
         try:
             return self._producer.poll(timeout_s)
         except Exception as exc:  # noqa: BLE001 - fatal errors may surface as SystemError, see _kafka_error
-            self._on_fatal(exc)
-            return 0
+            self._raise_fatal(exc)
 
     def flush(self, timeout_s: float = 30.0) -> int:
-        """Wait until everything queued is delivered or failed; returns how many are still undelivered."""
+        """Wait until everything queued is delivered or failed; returns how many are still undelivered.
+
+        `BrokerError` if the producer failed fatally (now or before): nothing queued will be delivered.
+        """
         if self._closed_with is not None:
             return self._closed_with
+        if self._fatal is not None:
+            raise BrokerError(self._fatal)
+        # confluent-kafka quirk: Producer.flush(t >= 0.2) calls rd_kafka_flush() in 200 ms chunks and goes on
+        # after a fatal error, so the next chunk runs delivery callbacks with the fatal exception pending; it
+        # then surfaces as a SystemError or is lost ("returned NULL without setting an exception"). One
+        # shorter call is one rd_kafka_flush(), which stops at the fatal error: it raises cleanly.
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining_s = max(deadline - time.monotonic(), 0.0)
             try:
-                return self._producer.flush(remaining_s)
+                left = self._producer.flush(min(_FLUSH_SLICE_S, max(deadline - time.monotonic(), 0.0)))
             except Exception as exc:  # noqa: BLE001 - see poll()
-                self._on_fatal(exc)  # returns only after falling back and resending: flush again
+                self._raise_fatal(exc)
+            if left == 0 or time.monotonic() >= deadline:
+                return left
 
     def close(self, timeout_s: float = 30.0) -> int:
-        """Flush, then release librdkafka's threads; returns how many records could not be delivered in time.
+        """Flush, then release librdkafka's threads; returns how many records could not be delivered in time
+        (after a fatal error: how many were not acknowledged). Raises a fatal error only if none was raised yet.
 
         Releasing matters: the client's callbacks point back here, so without `close()` a dropped
         EventProducer keeps its broker connections until the cycle collector happens to run.
         """
         if self._closed_with is not None:
             return self._closed_with
-        left = self.flush(timeout_s)
-        if left:
-            log.warning("producer closed with undelivered records", undelivered=left, timeout_s=timeout_s,
-                        bootstrap=self._config.get("bootstrap.servers"))
-        self._closed_with = left
-        release = getattr(self._producer, "close", None)  # confluent-kafka >= 2.5
-        if release is not None:
-            release()
-        return left
+        left: int | None = None
+        try:
+            if self._fatal is None:  # else the caller has had its BrokerError: do not raise it again here
+                left = self.flush(timeout_s)
+                if left:
+                    log.warning("producer closed with undelivered records", undelivered=left, timeout_s=timeout_s,
+                                bootstrap=self._config.get("bootstrap.servers"))
+        finally:  # release even when flush raised
+            self._closed_with = left if left is not None else self._unacknowledged()
+            self._release(purge=self._closed_with > 0)
+        return self._closed_with
 
     def __enter__(self) -> EventProducer:
         return self
@@ -173,6 +184,27 @@ class EventProducer:
                 "last_error": self._last_error, **totals, "topics": topics}
 
     # --- librdkafka plumbing ------------------------------------------------------------------------
+    def _release(self, purge: bool) -> None:
+        """Close the librdkafka client; with `purge`, first give back what it still holds.
+
+        Its close() flushes without a timeout, so a record left in a queue would hold it until
+        delivery.timeout.ms (5 min by default): after a timed-out flush, or after a fatal error,
+        whose own purge by librdkafka can miss records (seen under CPU load).
+        """
+        release = getattr(self._producer, "close", None)  # confluent-kafka >= 2.5
+        if release is None:
+            return
+        try:
+            if purge:
+                self._producer.purge()  # queued and in flight, failed as _PURGE_*; blocks only for the purge
+            release()  # serves the delivery reports; may report a fatal error once more
+        except Exception as exc:  # noqa: BLE001 - see poll()
+            if self._fatal is None:
+                self._raise_fatal(exc)
+
+    def _unacknowledged(self) -> int:
+        return sum(c.queued - c.delivered for c in self._counts.values())
+
     def _new_producer(self) -> Any:
         config = {**self._config, "enable.idempotence": self.idempotent,
                   "on_delivery": self._on_delivery, "error_cb": self._on_error}
@@ -181,8 +213,7 @@ class EventProducer:
         except KafkaException as exc:
             raise BrokerError(f"invalid Kafka producer settings: {exc.args[0]}; check STREAMML_KAFKA_*") from exc
 
-    def _produce(self, outgoing: Outgoing) -> None:
-        topic, key, value, headers = outgoing
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers)
@@ -192,8 +223,7 @@ class EventProducer:
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 if err is not None and err.code() == KafkaError._FATAL:
-                    self._on_fatal(exc)  # falls back (then retry) or raises
-                    continue
+                    self._raise_fatal(exc)
                 raise BrokerError(f"cannot produce to {topic!r}: {err or exc}") from exc
 
     def _counts_of(self, topic: str) -> TopicCounts:
@@ -205,10 +235,7 @@ class EventProducer:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self._counts_of(msg.topic() or "?").delivered += 1
-            self._unconfirmed = None  # a producer id was granted: idempotence works, stop keeping copies
             return
-        if self._unconfirmed is not None and err.code() in _GIVEN_BACK:
-            return  # resent from `_unconfirmed` by the fallback
         topic = msg.topic() or "?"
         counts = self._counts_of(topic)
         counts.failed += 1
@@ -218,48 +245,47 @@ class EventProducer:
 
     def _on_error(self, err: KafkaError) -> None:
         # Non-fatal errors (broker down, timeouts) are retried by librdkafka; keep the latest for stats().
-        # Fatal ones are raised by poll()/flush()/produce() instead and handled by _on_fatal.
+        # Fatal ones are raised by poll()/flush()/produce() instead and turned into BrokerError by _raise_fatal.
         self._last_error = err.str()
 
-    def _on_fatal(self, exc: Exception) -> None:
-        """Fall back to a non-idempotent producer if that is the problem; otherwise raise `BrokerError`."""
+    def _raise_fatal(self, exc: Exception) -> NoReturn:
+        """`BrokerError` naming the cause of a fatal producer error (and the fix, for idempotence).
+
+        librdkafka gives back everything queued (failed deliveries, `_PURGE_QUEUE`); nothing is resent.
+        """
         err = _kafka_error(exc)
         if err is None:
-            raise exc
+            raise exc  # not a Kafka error: an exception from our own code, keep it as it is
         if err.code() == KafkaError._FATAL:  # produce() only says "fatal": poll() tells the cause
             err = self._fatal_cause() or err
         self._last_error = err.str()
-        if self._unconfirmed is not None:
-            # Fatal before any record was written: the producer id was refused (NO_IDEMPOTENCE when
-            # the broker says why), so idempotence is what does not work here.
-            log.warning("broker does not support idempotent producing; falling back to acks=all with retries "
-                        "(a retry may then duplicate a record: consumers dedupe on event_id)",
-                        error=err.str(), unsupported=err.code() in NO_IDEMPOTENCE)
-            resend, self._unconfirmed = self._unconfirmed, None
-            self.idempotent = False
-            self._producer = self._new_producer()
-            for outgoing in resend:
-                self._produce(outgoing)
-            return
-        in_flight = len(self._producer)
-        raise BrokerError(
-            f"Kafka producer failed fatally ({err.str()}) with {in_flight} records not yet acknowledged; "
-            f"check the broker at {self._config.get('bootstrap.servers')} and restart the producer"
-        ) from exc
+        bootstrap = self._config.get("bootstrap.servers")
+        if self.idempotent and err.code() in NO_IDEMPOTENCE:
+            fix = (f"the broker at {bootstrap} does not grant idempotent producing (it needs Kafka >= 0.11 "
+                   "and, with ACLs, IdempotentWrite on the cluster): set STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false")
+        else:
+            fix = f"check the broker at {bootstrap}, then create a new EventProducer"
+        self._fatal = (f"Kafka producer failed fatally ({err.str()}) with {self._unacknowledged()} records "
+                       f"not acknowledged; {fix}")
+        raise BrokerError(self._fatal) from exc
 
-    def _fatal_cause(self) -> KafkaError | None:
-        try:
-            self._producer.poll(0)
-        except Exception as exc:  # noqa: BLE001 - this call exists to catch the fatal error
-            return _kafka_error(exc)
+    def _fatal_cause(self, wait_s: float = 2.0) -> KafkaError | None:
+        """The error behind a bare `_FATAL`: an event that poll() raises, queued just after the flag is set."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                self._producer.poll(_FLUSH_SLICE_S)
+            except Exception as exc:  # noqa: BLE001 - this call exists to catch the fatal error
+                return _kafka_error(exc)
         return None
 
 
 def _kafka_error(exc: BaseException) -> KafkaError | None:
     """The KafkaError behind `exc`, following the cause chain.
 
-    confluent-kafka 2.16 raises a fatal error from flush()/poll() as a `SystemError` caused by the
-    `KafkaException` when delivery callbacks run in the same call (seen on Tansu).
+    A safety net for the confluent-kafka quirk described in `flush()` (seen with 2.16): if a delivery
+    callback runs while the fatal `KafkaException` is pending, Python reports "<callback> returned a
+    result with an exception set", a `SystemError` whose `__cause__` is that `KafkaException`.
     """
     seen: BaseException | None = exc
     for _ in range(5):

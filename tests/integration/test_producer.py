@@ -25,7 +25,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from typer.testing import CliRunner
 
-from schemas.errors import SchemaError
+from schemas.errors import BrokerError, SchemaError
 from schemas.registry import RegistryClient
 from schemas.serde import TopicSerde
 from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, topic_spec
@@ -195,24 +195,75 @@ def test_full_local_queue_is_waited_out_and_no_record_is_lost(fresh_kafka: str, 
     assert len(read_back(fresh_kafka, NAMES, len(events))) == len(events)
 
 
-def test_broker_without_idempotent_producing_falls_back_and_loses_nothing(fresh_kafka: str, seed: int) -> None:
-    """Tansu does support InitProducerId, so librdkafka is told to treat it as a 0.9 broker for the
-    idempotent producer only: the real fatal error path, then a resend on a plain producer."""
-    events = list(islice(generate(LoadConfig(users=50, items=20, seed=seed)), 500))
-    ensure_topics({"bootstrap.servers": fresh_kafka}, NAMES, partitions=2)
+class WithoutIdempotence:
+    """A producer factory modelling a cluster without idempotent producing, recording each config.
 
-    def factory(config: dict[str, Any]) -> Producer:
+    Tansu does support InitProducerId, so an idempotent producer is told to treat it as a 0.9 broker:
+    the real "Idempotent producer not supported" fatal error. A plain producer is left alone: Tansu
+    only decodes v2 record batches, which librdkafka does not send to a 0.9 broker.
+    """
+
+    def __init__(self) -> None:
+        self.configs: list[dict[str, Any]] = []
+
+    def __call__(self, config: dict[str, Any]) -> Producer:
+        self.configs.append(config)
         if config["enable.idempotence"]:
             config = {**config, "api.version.request": False, "broker.version.fallback": "0.9.0"}
         return Producer(config)
 
-    with EventProducer({"bootstrap.servers": fresh_kafka}, MemoryRegistry(), producer_factory=factory) as producer:
+
+@pytest.mark.timeout(60)
+def test_broker_without_idempotent_producing_fails_fast_saying_how_to_turn_idempotence_off(
+    fresh_kafka: str, seed: int
+) -> None:
+    events = list(islice(generate(LoadConfig(users=50, items=20, seed=seed)), 500))
+    ensure_topics({"bootstrap.servers": fresh_kafka}, NAMES, partitions=2)
+    factory = WithoutIdempotence()
+    # A record librdkafka failed to give back would hold close() until delivery.timeout.ms (5 min by
+    # default): 20 s makes such a regression fail the time bound below instead of stalling the suite.
+    config = {"bootstrap.servers": fresh_kafka, "delivery.timeout.ms": 20_000}
+    started = time.monotonic()
+    with EventProducer(config, MemoryRegistry(), producer_factory=factory) as producer:
+        # The fatal error surfaces in flush(), or in publish() if librdkafka raised it that early.
+        with pytest.raises(BrokerError, match=r"(?s)Idempotent producer not supported.*"
+                                              r"set STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false"):
+            for spec, record in events:
+                producer.publish(spec, record)
+            producer.flush(10)
+        assert time.monotonic() - started < 10  # fails fast: no waiting out the flush timeout, no retry loop
+        with pytest.raises(BrokerError, match="STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false"):
+            producer.publish(*events[0])  # a failed producer refuses further work with the same advice
+        with pytest.raises(BrokerError, match="STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false"):
+            producer.flush(1)
+        stats = producer.stats()
+    assert time.monotonic() - started < 15  # closing is quick too: nothing left waiting for a producer id
+    assert producer.close() == stats["queued"]  # `with` closed it without raising again: none acknowledged
+    assert stats["idempotent"] is True and "Idempotent producer not supported" in stats["last_error"]
+    assert stats["delivered"] == 0 and len(factory.configs) == 1  # no second producer behind the user's back
+    assert read_back(fresh_kafka, NAMES, 0) == []  # nothing is written without a producer id
+
+
+@pytest.mark.parametrize("source", ["mapping", "environment"])
+def test_idempotence_turned_off_explicitly_delivers_every_record_to_a_broker_without_it(
+    fresh_kafka: str, seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    events = list(islice(generate(LoadConfig(users=50, items=20, seed=seed)), 500))
+    ensure_topics({"bootstrap.servers": fresh_kafka}, NAMES, partitions=2)
+    if source == "mapping":
+        kafka: Any = {"bootstrap.servers": fresh_kafka, "enable.idempotence": False}
+    else:  # the documented fix: STREAMML_KAFKA_ENABLE_IDEMPOTENCE=false, passed through by Settings
+        monkeypatch.setenv("STREAMML_KAFKA_ENABLE_IDEMPOTENCE", "false")
+        kafka = load_settings(kafka_bootstrap_servers=fresh_kafka, home=tmp_path)
+    factory = WithoutIdempotence()
+    with EventProducer(kafka, MemoryRegistry(), producer_factory=factory) as producer:
         for spec, record in events:
             producer.publish(spec, record)
         assert producer.flush(30) == 0
         stats = producer.stats()
-    assert stats["idempotent"] is False and "Idempotent producer not supported" in stats["last_error"]
-    assert (stats["delivered"], stats["failed"]) == (len(events), 0)
+    assert [c["enable.idempotence"] for c in factory.configs] == [False]  # the explicit setting won
+    assert stats["idempotent"] is False and "Idempotent" not in str(stats["last_error"])
+    assert (stats["queued"], stats["delivered"], stats["failed"]) == (len(events), len(events), 0)
     assert len(read_back(fresh_kafka, NAMES, len(events))) == len(events)
 
 
