@@ -90,28 +90,37 @@ def provision(bootstrap: str, partitions: int = 4) -> None:
     ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), partitions)
 
 
-def read_back(bootstrap: str, registry_url: str, specs: list[TopicSpec], expected: int,
-              timeout_s: float = 60) -> list[tuple[int, int, str, dict[str, Any] | None, bytes]]:
-    """Every record of `specs` as (partition, offset, topic, decoded-or-None, raw value), by assignment."""
-    registry = RegistryClient(registry_url)
-    serdes = {s.name: TopicSerde(s, registry) for s in specs}
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-back", "enable.auto.commit": False})
+def _consume_all(bootstrap: str, topics: list[str], expected: int, timeout_s: float):
+    """Every record of `topics` from offset 0 (by assignment, no group join), until `expected` or timeout."""
     from confluent_kafka.admin import AdminClient
 
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "read-back", "enable.auto.commit": False})
     md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    consumer.assign([TopicPartition(s.name, p, 0) for s in specs for p in md.topics[s.name].partitions])
-    out = []
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in md.topics[t].partitions])
+    seen = 0
     deadline = time.monotonic() + timeout_s
-    while len(out) < expected and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 0.5):
-            if msg.error():
-                continue
-            try:
-                record = serdes[msg.topic()].deserialize(msg.value())
-            except Exception:
-                record = None
-            out.append((msg.partition(), msg.offset(), msg.topic(), record, msg.value()))
-    consumer.close()
+    try:
+        while seen < expected and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if not msg.error():
+                    seen += 1
+                    yield msg
+    finally:
+        consumer.close()
+
+
+def read_back(bootstrap: str, registry_url: str, specs: list[TopicSpec], expected: int,
+              timeout_s: float = 60) -> list[tuple[int, int, str, dict[str, Any] | None, bytes]]:
+    """Every record of `specs` as (partition, offset, topic, decoded-or-None, raw value)."""
+    registry = RegistryClient(registry_url)
+    serdes = {s.name: TopicSerde(s, registry) for s in specs}
+    out = []
+    for msg in _consume_all(bootstrap, [s.name for s in specs], expected, timeout_s):
+        try:
+            record = serdes[msg.topic()].deserialize(msg.value())
+        except Exception:
+            record = None
+        out.append((msg.partition(), msg.offset(), msg.topic(), record, msg.value()))
     return out
 
 
@@ -166,19 +175,8 @@ def _close(a: dict, b: dict) -> bool:
 
 
 def read_dead_letters(bootstrap: str, topics: list[str], expected: int, timeout_s: float = 30) -> list[dict[str, Any]]:
-    """Dead letters on `topics` as {value, key, headers...} dicts."""
+    """Dead letters on `topics` as {key, value, streamml.* headers} dicts."""
     from streams.kafka.dlq import parse_headers
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "dlq-reader", "enable.auto.commit": False})
-    from confluent_kafka.admin import AdminClient
-
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in md.topics[t].partitions])
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < expected and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, 0.5):
-            if not msg.error():
-                out.append({"key": msg.key(), "value": msg.value(), **parse_headers(msg.headers())})
-    consumer.close()
-    return out
+    return [{"key": m.key(), "value": m.value(), **parse_headers(m.headers())}
+            for m in _consume_all(bootstrap, topics, expected, timeout_s)]

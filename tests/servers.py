@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from services.stack.binaries import redis_argv, tansu_argv
+from services.stack.health import port_open, wait_until
 
 
 def free_port() -> int:
@@ -18,21 +18,16 @@ def free_port() -> int:
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """`wait_until` that tolerates a failing probe and raises when time runs out."""
+
+    def safe() -> bool:
         try:
-            if check():
-                return
+            return bool(check())
         except Exception:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout_s}s")
+            return False
 
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+    if not wait_until(safe, timeout_s, interval_s=0.05):
+        raise TimeoutError(f"{what} not ready after {timeout_s}s")
 
 
 class ServerProcess:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.topics import CDC_TOPICS
-from streams.features.definitions import ENTITIES, Entity
+from streams.features.definitions import ENTITIES
 from streams.features.state import EntityPlan, EntityState
 
 _CDC = frozenset(t.name for t in CDC_TOPICS)
@@ -53,19 +53,6 @@ def shard_of(entity_id: str, shards: int) -> int:
     return zlib.crc32(entity_id.encode()) % shards
 
 
-def entity_id(entity: Entity, topic: str, record: dict[str, Any]) -> str | None:
-    """The id of `entity` a record is about, or None if the record says nothing about it."""
-    field_name = entity.id_field(topic)
-    if field_name is None:
-        return None
-    if topic in _CDC:
-        row = record.get("after") or record.get("before") or {}
-        value = row.get(field_name)
-    else:
-        value = record.get(field_name)
-    return None if value is None else str(value)
-
-
 def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: int, shards: int) -> list[tuple[str, ShardInput]]:
     """Split one partition's batch into per-(entity, shard) inputs; the keyed exchange of the flow."""
     out: dict[str, ShardInput] = {}
@@ -84,7 +71,7 @@ def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: i
             if value is None:
                 continue
             eid = value if isinstance(value, str) else str(value)
-            key = prefix + str(zlib.crc32(eid.encode()) % shards)
+            key = prefix + str(shard_of(eid, shards))
             part = out.get(key)
             if part is None:
                 part = out[key] = ShardInput(entity.name, topic, max_kafka_ts=max_kafka_ts)

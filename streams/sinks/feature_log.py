@@ -8,7 +8,6 @@ Point-in-time training sets ASOF-join on `feature_ts`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +17,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.shard import FeatureLogWindow
 from streams.flows import metrics
-from streams.sinks.parquet import write_atomic
+from streams.sinks.parquet import hour_partition, write_atomic
 
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 
@@ -37,8 +36,7 @@ _SCHEMAS = {e.name: feature_log_schema(e.name) for e in ENTITIES}
 
 
 def window_path(root: Path, window: FeatureLogWindow, shard: str) -> Path:
-    when = datetime.fromtimestamp(window.window_start / 1000, tz=UTC)
-    return (root / f"entity={window.entity}" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+    return (root / f"entity={window.entity}" / hour_partition(window.window_start)
             / f"w{window.window_end}-{shard.replace(':', '_')}.parquet")
 
 

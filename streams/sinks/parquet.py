@@ -37,9 +37,14 @@ META_FIELDS = [
 _PIECE = re.compile(r"^p(?P<p>\d+)-(?P<first>\d+)-(?P<last>\d+)-(?P<k>\d+)of(?P<n>\d+)\.parquet$")
 
 
-def hour_dir(root: Path, topic: str, ts_ms: int) -> Path:
+def hour_partition(ts_ms: int) -> str:
+    """The Hive partition path of an event time, shared by both Parquet logs: `date=YYYY-MM-DD/hour=HH`."""
     when = datetime.fromtimestamp(ts_ms // 3_600_000 * 3600, tz=UTC)
-    return root / f"topic={topic}" / f"date={when:%Y-%m-%d}" / f"hour={when:%H}"
+    return f"date={when:%Y-%m-%d}/hour={when:%H}"
+
+
+def hour_dir(root: Path, topic: str, ts_ms: int) -> Path:
+    return root / f"topic={topic}" / hour_partition(ts_ms)
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.codec import AvroCodec, frame, split_frame, strip_logical_types
+from schemas.codec import HEADER_SIZE, AvroCodec, frame, split_frame, strip_logical_types
 from schemas.errors import DecodeError, SchemaError
 from schemas.serde import TopicSerde
 from schemas.topics import CLICKSTREAM, TOPICS
@@ -115,5 +115,5 @@ def test_every_contract_schema_parses_and_has_event_time(spec):
     assert field["type"]["logicalType"] == "timestamp-millis"
 
 
-def test_header_struct_is_five_bytes():
-    assert struct.calcsize(">bI") == 5
+def test_header_is_magic_byte_plus_four_byte_id():
+    assert HEADER_SIZE == struct.calcsize(">bI") == 5
