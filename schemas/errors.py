@@ -66,3 +66,7 @@ class DecodeError(StreammlError):
 
 class ValidationError(DecodeError):
     """A record decoded but breaks a semantic rule (negative price, timestamp far in the future…)."""
+
+
+class ReplayError(StreammlError):
+    """A replay or training export cannot run as asked (missing or corrupt input, empty range, bad namespace)."""

@@ -111,9 +111,11 @@ def _yes(flag: bool) -> str:
 
 
 def _register_subcommands() -> None:
-    from services.commands import produce
+    from services.commands import export, produce, replay
 
     produce.register(app)
+    replay.register(app)
+    export.register(app)
 
 
 def main() -> None:

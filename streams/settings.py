@@ -142,7 +142,9 @@ class FeatureFlowSettings(Settings):
     features_process_id: int | None = Field(None, description="This process's index in a multi-process cluster.")
     features_addresses: str | None = Field(None, description="host:port;host:port of every cluster process.")
     features_metrics_port: int = Field(9101, ge=0, description="Prometheus /metrics port (0 = any free port).")
-    features_namespace: str = Field("", description="Redis key namespace to write into ('' = serving keys).")
+    features_namespace: str = Field(
+        "", description="Redis namespace to write into: '' follows the active one (and rebuilds in progress), "
+                        "'default' or a name pins it.")
     features_log_period_s: float = Field(
         300.0, gt=0, description="Tumbling window of the offline feature log (one file per window and shard).")
     features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this.")

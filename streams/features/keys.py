@@ -34,3 +34,18 @@ def decode_value(entity: str, name: str, raw: str | bytes) -> Any:
     if dtype == "float":
         return float(text)
     return text
+
+
+# Namespaces (blue/green rebuilds): `default` is the unprefixed keys above.
+DEFAULT_NAMESPACE = "default"
+NAMESPACES_KEY = "streamml:features:namespaces"  # set of every namespace ever built
+
+
+def namespace_meta_key(name: str) -> str:
+    """Hash describing one namespace: status (building|complete|failed|retired), source, counts, times."""
+    return f"streamml:features:namespace:{name}"
+
+
+def namespace_prefix(name: str) -> str:
+    """The `namespace` argument of `feature_key` for a namespace name ('' for the default one)."""
+    return "" if name in ("", DEFAULT_NAMESPACE) else name

@@ -44,7 +44,7 @@ class EntityPlan:
                 value = None if f.aggregation is Agg.COUNT else f.value_field
                 sum_col = self._column(slot, widths, f.where, value)
                 if f.aggregation is Agg.MEAN:
-                    count_col = self._column(slot, widths, f.where + ((f.value_field, _NOT_NULL),), None)
+                    count_col = self._column(slot, widths, f.where + ((f.value_field, NOT_NULL),), None)
                     self.outputs.append((f, ("mean", slot, sum_col, count_col)))
                 else:
                     self.outputs.append((f, ("col", slot, sum_col)))
@@ -146,13 +146,13 @@ class _NotNull:
         return "NOT_NULL"
 
 
-_NOT_NULL = _NotNull()
+NOT_NULL = _NotNull()
 
 
 def _matches(event: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
     for name, expected in where:
         value = event.get(name)
-        if expected is _NOT_NULL:
+        if expected is NOT_NULL:
             if value is None:
                 return False
         elif value != expected:

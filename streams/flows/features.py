@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.topics import TopicSpec
 from streams.features.definitions import ENTITIES, source_topics
+from streams.features.keys import namespace_prefix
 from streams.features.shard import PLANS, EntityWrites, FeatureLogWindow, ShardInput, ShardState, route
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
 from streams.settings import FeatureFlowSettings
@@ -73,7 +74,7 @@ class FlowConfig:
     shards: int
     lateness_ms: int
     batch_size: int
-    namespace: str = ""
+    namespace: str | None = None  # key prefix; None = follow the active namespace (and rebuilds)
     topics: tuple[TopicSpec, ...] = ()
     log_period_ms: int = 300_000
     log_idle_s: float = 30.0
@@ -81,7 +82,8 @@ class FlowConfig:
     @classmethod
     def from_settings(cls, s: FeatureFlowSettings) -> FlowConfig:
         return cls(s.kafka_config(), s.schema_registry_url, s.redis_url, s.data_dir, s.features_shards,
-                   int(s.features_lateness_s * 1000), s.features_batch_size, s.features_namespace,
+                   int(s.features_lateness_s * 1000), s.features_batch_size,
+                   namespace_prefix(s.features_namespace) if s.features_namespace else None,
                    source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s)
 
 

@@ -22,6 +22,7 @@ from schemas.topics import TopicSpec
 from schemas.validation import validate
 from streams.flows import metrics
 from streams.kafka.dlq import DeadLetter
+from streams.windows.lateness import admit
 
 LATE = "late"
 
@@ -111,15 +112,15 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
                 continue
             ts = record[time_field]
             if self._windowed:
-                if high is not None and ts < high - lateness:
+                accepted, new_high = admit(ts, high, lateness)
+                if not accepted:
                     batch.late.append((offset, record))
                     batch.dead.append(DeadLetter(
                         self._spec.name, self._partition, offset, msg.key(), value, LATE,
                         f"event time {ts} is {high - ts} ms behind the partition's max {high} "
                         f"(allowed lateness {lateness} ms)", kts))
                     continue
-                if high is None or ts > high:
-                    high = ts
+                high = new_high
             batch.events.append((offset, record))
         self._high_ts = high
         if retry_at is not None:

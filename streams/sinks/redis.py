@@ -18,6 +18,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.keys import TS_FIELD, encode_value, feature_key
+from streams.features.namespaces import write_targets
 from streams.features.shard import EntityWrites
 from streams.flows import metrics
 from streams.runtime.logging import get_logger
@@ -44,11 +45,21 @@ _TTL_MS = {e.name: e.ttl_s * 1000 for e in ENTITIES}
 class FeatureWriter:
     """Writes `EntityWrites` to Redis with the CAS script, retrying until Redis takes them."""
 
-    def __init__(self, url: str, namespace: str = "", max_retry_s: float | None = None):
+    def __init__(self, url: str, namespace: str | None = "", max_retry_s: float | None = None):
+        """`namespace` is a key prefix ('' = default keys); None follows the active namespace and any
+        namespace being rebuilt (`namespaces.write_targets`), re-read every second."""
         self._client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        self._namespace = namespace
+        self._follow = namespace is None
+        self._targets: list[str] = [] if namespace is None else [namespace]
+        self._targets_at = 0.0
         self._sha: bytes | None = None
         self._max_retry_s = max_retry_s
+
+    def _refresh_targets(self) -> list[str]:
+        if self._follow and time.monotonic() - self._targets_at > 1.0:
+            self._targets = write_targets(self._client)
+            self._targets_at = time.monotonic()
+        return self._targets
 
     def write(self, batches: Iterable[EntityWrites]) -> tuple[int, int]:
         """Write every row; returns (applied, refused-as-stale)."""
@@ -90,7 +101,7 @@ class FeatureWriter:
         # cost more than the Lua script itself at tens of thousands of keys per second.
         if self._sha is None:
             self._sha = self._client.script_load(CAS_SCRIPT).encode()
-        sha, ns = self._sha, self._namespace
+        sha, targets = self._sha, self._refresh_targets()
         commands = []
         for batch in batches:
             names, ttl = _NAMES[batch.entity], _TTL_MS[batch.entity]
@@ -100,17 +111,21 @@ class FeatureWriter:
                     flat.append(name)
                     flat.append(encode_value(value))
                 payload = orjson.dumps([flat, [n for n in names if n not in values]])
-                key = feature_key(batch.entity, eid, ns)
-                commands.append(hiredis.pack_command((b"EVALSHA", sha, b"1", key, str(ts), str(ttl), payload)))
+                ts_arg, ttl_arg = str(ts), str(ttl)
+                for ns in targets:
+                    commands.append(hiredis.pack_command((b"EVALSHA", sha, b"1", feature_key(batch.entity, eid, ns),
+                                                          ts_arg, ttl_arg, payload)))
         pool = self._client.connection_pool
         conn = pool.get_connection()
         try:
             conn.send_packed_command([b"".join(commands)])
             results = []
             error: Exception | None = None
-            for _ in commands:
+            for i in range(len(commands)):
                 try:
-                    results.append(conn.read_response())
+                    response = conn.read_response()
+                    if i % len(targets) == 0:  # count outcomes once, by the first target
+                        results.append(response)
                 except redis.ResponseError as exc:  # keep reading so the connection stays in sync
                     error = error or exc
             if error is not None:
@@ -180,11 +195,11 @@ class BackgroundWriter:
         self._writer.close()
 
 
-_WRITERS: dict[tuple[str, str], BackgroundWriter] = {}
+_WRITERS: dict[tuple[str, str | None], BackgroundWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def _shared_writer(url: str, namespace: str) -> BackgroundWriter:
+def _shared_writer(url: str, namespace: str | None) -> BackgroundWriter:
     """One writer thread per process and target, shared by the sink partitions on this process."""
     with _WRITERS_LOCK:
         writer = _WRITERS.get((url, namespace))
@@ -194,7 +209,7 @@ def _shared_writer(url: str, namespace: str) -> BackgroundWriter:
 
 
 class _Partition(StatefulSinkPartition[EntityWrites, None]):
-    def __init__(self, url: str, namespace: str):
+    def __init__(self, url: str, namespace: str | None):
         self._writer = _shared_writer(url, namespace)
         self._last = 0
 
@@ -211,7 +226,7 @@ class _Partition(StatefulSinkPartition[EntityWrites, None]):
 class RedisFeatureSink(FixedPartitionedSink[EntityWrites, None]):
     """Bytewax sink with one partition per state shard (`user:3`); all write through one thread per process."""
 
-    def __init__(self, url: str, shard_keys: list[str], namespace: str = ""):
+    def __init__(self, url: str, shard_keys: list[str], namespace: str | None = None):
         self._url, self._namespace, self._parts = url, namespace, sorted(shard_keys)
 
     def list_parts(self) -> list[str]:
