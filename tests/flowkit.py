@@ -180,3 +180,13 @@ def read_dead_letters(bootstrap: str, topics: list[str], expected: int, timeout_
 
     return [{"key": m.key(), "value": m.value(), **parse_headers(m.headers())}
             for m in _consume_all(bootstrap, topics, expected, timeout_s)]
+
+
+def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run `streamml ARGS` (a wide terminal, so messages are not wrapped); assert success if `ok`."""
+    proc = subprocess.run([sys.executable, "-m", "services.cli", *args], env={**env, "COLUMNS": "500"},
+                          capture_output=True, text=True,
+                          timeout=300)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

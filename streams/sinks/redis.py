@@ -157,6 +157,7 @@ class BackgroundWriter:
         self._cond = threading.Condition()
         self._submitted = self._done = 0
         self._closed = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
         self._thread.start()
 
@@ -168,10 +169,13 @@ class BackgroundWriter:
             return self._submitted
 
     def wait(self, seq: int | None = None) -> None:
+        """Block until batch `seq` (default: all) is written; re-raises the error that stopped the thread."""
         with self._cond:
             target = self._submitted if seq is None else seq
             while self._done < target and self._thread.is_alive():
                 self._cond.wait(1.0)
+            if self._done < target:
+                raise self._error or RuntimeError("the Redis writer thread stopped")
 
     def _run(self) -> None:
         while True:
@@ -181,13 +185,24 @@ class BackgroundWriter:
                 if not self._queue:
                     return
                 work, self._queue = self._queue, []
-            self._writer.write([b for _, items in work for b in items])  # retries until Redis takes it
+            try:
+                self._writer.write([b for _, items in work for b in items])  # retries (until max_retry_s)
+            except BaseException as exc:
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
             with self._cond:
                 self._done = work[-1][0]
                 self._cond.notify_all()
 
     def close(self) -> None:
-        self.wait()
+        try:
+            self.wait()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, LABELS, PREDICTION
 from streams.features.definitions import FEATURES, HOUR_MS, defaults
 from streams.features.keys import ACTIVE_NAMESPACE_KEY, feature_key
 from tests.flowkit import (
+    cli,
     flow_env,
     make_events,
     provision,
@@ -28,14 +27,6 @@ from tests.oracle import accepted_in_partition_order, expected_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LATENESS_MS = 300_000
-
-
-def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
-    if ok:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
 
 
 def _oracle(bootstrap, registry_url, expected_records):
