@@ -32,7 +32,7 @@ from schemas.serde import TopicSerde  # noqa: E402
 from schemas.topics import CLICKSTREAM, all_topic_names  # noqa: E402
 from streams.features.keys import feature_key  # noqa: E402
 from streams.kafka.admin import ensure_topics  # noqa: E402
-from tests.servers import free_port, start_redis, start_tansu, wait_for  # noqa: E402
+from tests.servers import ServerProcess, free_port, start_redis, start_tansu, wait_for  # noqa: E402
 
 KINDS = ["page_view"] * 50 + ["click"] * 25 + ["add_to_cart"] * 10 + ["purchase"] * 5 + ["search"] * 10
 
@@ -80,6 +80,17 @@ def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int) -> f
     elapsed = time.monotonic() - started
     consumer.close()
     return total / elapsed
+
+
+def start_servers(work: Path) -> tuple[ServerProcess, ServerProcess, subprocess.Popen, str]:
+    """Tansu, Redis and the registry on free ports under `work`: (tansu, redis, registry, registry url)."""
+    tansu, redis_srv = start_tansu(work), start_redis(work)
+    reg_port = free_port()
+    registry = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=ROOT,
+                                env={**os.environ, "STREAMML_HOME": str(work / "reg"),
+                                     "STREAMML_REGISTRY_PORT": str(reg_port)},
+                                stdout=open(work / "registry.log", "ab"), stderr=subprocess.STDOUT)
+    return tansu, redis_srv, registry, f"http://127.0.0.1:{reg_port}"
 
 
 def flow_env(home: Path, bootstrap: str, registry: str, redis_url: str, metrics_port: int, **extra) -> dict:
@@ -187,14 +198,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
-    tansu, redis_srv = start_tansu(work), start_redis(work)
+    tansu, redis_srv, registry, registry_url = start_servers(work)
     bootstrap = f"127.0.0.1:{tansu.port}"
-    reg_port = free_port()
-    registry = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=ROOT,
-                                env={**os.environ, "STREAMML_HOME": str(work / "reg"),
-                                     "STREAMML_REGISTRY_PORT": str(reg_port)},
-                                stdout=open(work / "registry.log", "ab"), stderr=subprocess.STDOUT)
-    registry_url = f"http://127.0.0.1:{reg_port}"
     result: dict = {"benchmark": "feature_flow", "events": args.events, "users": args.users,
                     "partitions": args.partitions}
     procs: list[subprocess.Popen] = []

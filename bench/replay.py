@@ -26,7 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from feature_flow import event, flow_env, produce, run_flow, stop, wait_first_write, wait_reflected  # noqa: E402
+from feature_flow import (  # noqa: E402
+    event,
+    flow_env,
+    produce,
+    run_flow,
+    start_servers,
+    stop,
+    wait_first_write,
+    wait_reflected,
+)
 
 from schemas.registry import RegistryClient  # noqa: E402
 from schemas.serde import TopicSerde  # noqa: E402
@@ -35,7 +44,7 @@ from streams.features.keys import feature_key  # noqa: E402
 from streams.kafka.admin import ensure_topics  # noqa: E402
 from streams.replay.rebuild import ReplayRequest, replay  # noqa: E402
 from streams.settings import FeatureFlowSettings  # noqa: E402
-from tests.servers import free_port, start_redis, start_tansu, wait_for  # noqa: E402
+from tests.servers import free_port, wait_for  # noqa: E402
 
 
 def parquet_rows(home: Path) -> int:
@@ -72,14 +81,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    tansu, redis_srv = start_tansu(work), start_redis(work)
+    tansu, redis_srv, registry, registry_url = start_servers(work)
     bootstrap = f"127.0.0.1:{tansu.port}"
-    reg_port = free_port()
-    registry = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=ROOT,
-                                env={**os.environ, "STREAMML_HOME": str(work / "reg"),
-                                     "STREAMML_REGISTRY_PORT": str(reg_port)},
-                                stdout=open(work / "registry.log", "ab"), stderr=subprocess.STDOUT)
-    registry_url = f"http://127.0.0.1:{reg_port}"
     result: dict = {"benchmark": "replay", "events": args.events, "users": args.users, "items": args.items}
     procs: list[subprocess.Popen] = []
     try:
