@@ -93,6 +93,20 @@ def start_servers(work: Path) -> tuple[ServerProcess, ServerProcess, subprocess.
     return tansu, redis_srv, registry, f"http://127.0.0.1:{reg_port}"
 
 
+def preproduce(bootstrap: str, registry_url: str, args: argparse.Namespace
+               ) -> tuple[TopicSerde, random.Random, list[dict], dict[str, int], float]:
+    """Topics, then `args.events` clickstream events over the last hour produced as fast as possible.
+    Returns (serde, the generator's random state, records, each user's last event time, produce seconds)."""
+    wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
+    ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), args.partitions)
+    serde = TopicSerde(CLICKSTREAM, RegistryClient(registry_url))
+    rnd = random.Random(1)
+    t0 = int(time.time() * 1000) - 3_600_000
+    records = [event(rnd, n, args.users, args.items, t0 + n * 3_600_000 // args.events) for n in range(args.events)]
+    last_ts = {r["user_id"]: r["ts"] for r in records}
+    return serde, rnd, records, last_ts, round(produce(bootstrap, serde, records), 2)
+
+
 def flow_env(home: Path, bootstrap: str, registry: str, redis_url: str, metrics_port: int, **extra) -> dict:
     return {**os.environ, "STREAMML_HOME": str(home), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "STREAMML_SCHEMA_REGISTRY_URL": registry, "STREAMML_REDIS_URL": redis_url,
@@ -204,16 +218,7 @@ def main() -> None:
                     "partitions": args.partitions}
     procs: list[subprocess.Popen] = []
     try:
-        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
-        ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), args.partitions)
-        serde = TopicSerde(CLICKSTREAM, RegistryClient(registry_url))
-        rnd = random.Random(1)
-        t0 = int(time.time() * 1000) - 3_600_000
-        records = [event(rnd, n, args.users, args.items, t0 + n * 3_600_000 // args.events) for n in range(args.events)]
-        last_ts: dict[str, int] = {}
-        for r in records:
-            last_ts[r["user_id"]] = r["ts"]
-        result["produce_s"] = round(produce(bootstrap, serde, records), 2)
+        serde, rnd, records, last_ts, result["produce_s"] = preproduce(bootstrap, registry_url, args)
 
         result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.events, args.partitions))
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from feature_flow import (  # noqa: E402
-    event,
     flow_env,
-    produce,
+    preproduce,
     run_flow,
     start_servers,
     stop,
@@ -37,14 +34,10 @@ from feature_flow import (  # noqa: E402
     wait_reflected,
 )
 
-from schemas.registry import RegistryClient  # noqa: E402
-from schemas.serde import TopicSerde  # noqa: E402
-from schemas.topics import CLICKSTREAM, all_topic_names  # noqa: E402
 from streams.features.keys import feature_key  # noqa: E402
-from streams.kafka.admin import ensure_topics  # noqa: E402
 from streams.replay.rebuild import ReplayRequest, replay  # noqa: E402
 from streams.settings import FeatureFlowSettings  # noqa: E402
-from tests.servers import free_port, wait_for  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 
 def parquet_rows(home: Path) -> int:
@@ -86,16 +79,7 @@ def main() -> None:
     result: dict = {"benchmark": "replay", "events": args.events, "users": args.users, "items": args.items}
     procs: list[subprocess.Popen] = []
     try:
-        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
-        ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), args.partitions)
-        serde = TopicSerde(CLICKSTREAM, RegistryClient(registry_url))
-        rnd = random.Random(1)
-        t0 = int(time.time() * 1000) - 3_600_000
-        records = [event(rnd, n, args.users, args.items, t0 + n * 3_600_000 // args.events) for n in range(args.events)]
-        last_ts: dict[str, int] = {}
-        for r in records:
-            last_ts[r["user_id"]] = r["ts"]
-        produce(bootstrap, serde, records)
+        _, _, records, last_ts, result["produce_s"] = preproduce(bootstrap, registry_url, args)
 
         home = work / "home"
         redis_url = f"redis://127.0.0.1:{redis_srv.port}/1"

@@ -77,6 +77,7 @@ DRIFT_METRICS = TopicSpec("drift.metrics", "drift_metric.avsc", key_field="featu
 
 TOPICS: tuple[TopicSpec, ...] = (CLICKSTREAM, CDC_USERS, CDC_ITEMS, LABELS, PREDICTIONS, DRIFT_METRICS)
 CDC_TOPICS: tuple[TopicSpec, ...] = (CDC_USERS, CDC_ITEMS)
+CDC_TOPIC_NAMES = frozenset(t.name for t in CDC_TOPICS)  # topics carrying Debezium envelopes
 _BY_NAME = {t.name: t for t in TOPICS}
 
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from schemas.topics import CDC_TOPICS, CLICKSTREAM
+from schemas.topics import CDC_TOPIC_NAMES, CLICKSTREAM
 from streams.features.definitions import DAY_MS, ENTITIES, FEATURES, Agg, Entity
 
 
@@ -54,7 +54,7 @@ def expected_features(accepted: list[tuple[str, dict[str, Any]]]) -> dict[tuple[
             field = entity.id_field(topic)
             if field is None:
                 continue
-            if topic in {t.name for t in CDC_TOPICS}:
+            if topic in CDC_TOPIC_NAMES:
                 row = event["after"] or event["before"] or {}
                 if row.get(field) is not None:
                     changes[str(row[field])].append((topic, event))

@@ -22,7 +22,6 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from schemas.errors import ReplayError
 from services.commands.times import parse_time
 from streams.features import namespaces
 from streams.replay.rebuild import ReplayRequest, replay
@@ -129,8 +128,6 @@ def list_namespaces(as_json: Annotated[bool, typer.Option("--json")] = False) ->
 @app.command()
 def drop(name: Annotated[str, typer.Argument(help="A namespace that is not active.")]) -> None:
     """Delete a namespace's keys (refuses the active one)."""
-    if name == namespaces.DEFAULT_NAMESPACE:
-        raise ReplayError("the default namespace cannot be dropped")
     deleted = namespaces.drop(_client(load_settings(FeatureFlowSettings)), name)
     err.print(f"dropped {name!r}: {deleted:,} keys deleted")
 

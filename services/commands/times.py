@@ -7,9 +7,10 @@ import time
 from datetime import UTC, datetime
 
 from schemas.errors import ConfigError
+from streams.features.definitions import DAY_MS, HOUR_MS, MINUTE_MS
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNIT_MS = {"s": 1000, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}
 
 
 def parse_time(text: str | None, option: str) -> int | None:

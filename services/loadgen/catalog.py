@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Generic, TypeVar
 
+from streams.features.definitions import DAY_MS
+
 T = TypeVar("T")
-DAY_MS = 86_400_000
 
 COUNTRIES = (("US", 30), ("GB", 10), ("DE", 10), ("IN", 10), ("FR", 8), ("BR", 7), ("CA", 6), ("JP", 6),
              ("ES", 5), ("NL", 4), ("PL", 4))

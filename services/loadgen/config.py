@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
+from streams.features.definitions import MINUTE_MS
 
-MINUTE_MS = 60_000
 # 2023-11-14T22:13:20Z: a fixed epoch so a config without `start_ms` still generates identical data.
 DEFAULT_START_MS = 1_700_000_000_000
 

@@ -124,7 +124,9 @@ def promote(client: redis.Redis, name: str) -> str:
 def drop(client: redis.Redis, name: str) -> int:
     """Delete a namespace's keys and metadata; refuses the active one. Returns keys deleted."""
     check_name(name)
-    if name == DEFAULT_NAMESPACE or name == active(client):
+    if name == DEFAULT_NAMESPACE:
+        raise ReplayError("the default namespace (the plain feat: keys) cannot be dropped")
+    if name == active(client):
         raise ReplayError(f"namespace {name!r} is serving reads; promote another one before dropping it")
     client.hset(namespace_meta_key(name), mapping={"status": FAILED, "follow": "0"})  # stop live writes first
     deleted = _delete_keys(client, name)
@@ -149,9 +151,11 @@ def _delete_keys(client: redis.Redis, name: str) -> int:
 def write_targets(client: redis.Redis) -> list[str]:
     """Key prefixes the live flow writes to: the active namespace plus any being rebuilt from the log."""
     targets = [active(client)]
-    for raw in client.smembers(NAMESPACES_KEY):
-        name = raw.decode()
-        meta = describe(client, name) or {}
-        if meta.get("status") == BUILDING and meta.get("follow") == "1" and name not in targets:
+    names = sorted(m.decode() for m in client.smembers(NAMESPACES_KEY))
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.hmget(namespace_meta_key(name), "status", "follow")
+    for name, (status, follow) in zip(names, pipe.execute()):
+        if status == BUILDING.encode() and follow == b"1" and name not in targets:
             targets.append(name)
     return [namespace_prefix(n) for n in targets]

@@ -11,12 +11,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.topics import CDC_TOPICS
+from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import ENTITIES
 from streams.features.state import EntityPlan, EntityState
 
-_CDC = frozenset(t.name for t in CDC_TOPICS)
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
+# Topics whose events feed windows (the lateness rule applies to them): derived from the feature list.
+WINDOWED_TOPICS = frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
 
 
 @dataclass(slots=True)
@@ -56,7 +57,7 @@ def shard_of(entity_id: str, shards: int) -> int:
 def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: int, shards: int) -> list[tuple[str, ShardInput]]:
     """Split one partition's batch into per-(entity, shard) inputs; the keyed exchange of the flow."""
     out: dict[str, ShardInput] = {}
-    cdc = topic in _CDC
+    cdc = topic in CDC_TOPIC_NAMES
     for entity in ENTITIES:
         field_name = entity.id_field(topic)
         if field_name is None:
@@ -120,7 +121,7 @@ class ShardState:
         for part in inputs:
             if part.max_kafka_ts > max_kts:
                 max_kts = part.max_kafka_ts
-            if part.topic in _CDC:
+            if part.topic in CDC_TOPIC_NAMES:
                 for eid, record in part.rows:
                     state = states.get(eid)
                     if state is None:

@@ -20,7 +20,14 @@ from confluent_kafka.admin import AdminClient
 from schemas.topics import TopicSpec
 from streams.features.definitions import ENTITIES, source_topics
 from streams.features.keys import namespace_prefix
-from streams.features.shard import PLANS, EntityWrites, FeatureLogWindow, ShardInput, ShardState, route
+from streams.features.shard import (
+    WINDOWED_TOPICS,
+    EntityWrites,
+    FeatureLogWindow,
+    ShardInput,
+    ShardState,
+    route,
+)
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
 from streams.settings import FeatureFlowSettings
 from streams.sinks.dead_letters import DeadLetterSink
@@ -87,15 +94,11 @@ class FlowConfig:
                    source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s)
 
 
-def windowed_topics() -> frozenset[str]:
-    return frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
-
-
 def build_flow(cfg: FlowConfig) -> Dataflow:
     topics = cfg.topics or source_topics()
     metadata = AdminClient(cfg.kafka).list_topics(timeout=10)
     parts = [f"{t.name}:{p}" for t in topics if t.name in metadata.topics for p in metadata.topics[t.name].partitions]
-    source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, windowed_topics(), cfg.lateness_ms,
+    source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, WINDOWED_TOPICS, cfg.lateness_ms,
                                       batch_size=cfg.batch_size))
     shards = cfg.shards
 

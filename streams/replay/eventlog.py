@@ -7,8 +7,6 @@ the rows, in the order, the live state saw.
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,13 +20,11 @@ import pyarrow.parquet as pq
 
 from schemas.arrow import arrow_schema
 from schemas.errors import ReplayError
-from schemas.topics import TopicSpec
+from schemas.topics import CDC_TOPIC_NAMES, TopicSpec
 from streams.features.definitions import ENTITIES, FEATURES, HOUR_MS
-from streams.replay.frames import CDC_NAMES, as_int
-from streams.sinks.parquet import META_FIELDS
-
-_PIECE = re.compile(r"^p(?P<p>\d+)-(?P<first>\d+)-(?P<last>\d+)-(?P<k>\d+)of(?P<n>\d+)\.parquet$")
-_HOUR_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
+from streams.features.shard import WINDOWED_TOPICS
+from streams.replay.frames import as_int
+from streams.sinks.parquet import META_FIELDS, flushes, hour_start, is_complete
 
 
 @dataclass
@@ -43,7 +39,7 @@ class LogSlice:
 
 def needed_columns(spec: TopicSpec) -> list[str]:
     """Columns replay needs from a topic's log: ids, time and every field a feature filters or reads."""
-    if spec.name in CDC_NAMES:
+    if spec.name in CDC_TOPIC_NAMES:
         return ["op", "ts_ms", "before", "after"]
     names = {spec.time_field}
     names.update(e.id_field(spec.name) for e in ENTITIES if e.id_field(spec.name))
@@ -59,30 +55,16 @@ def needed_columns(spec: TopicSpec) -> list[str]:
 def complete_pieces(root: Path, topic: str, since_ms: int | None = None, until_ms: int | None = None) -> list[Path]:
     """Pieces of fully written flushes, in hour partitions overlapping [since, until]. A flush still
     being written (some of its k-of-n pieces missing) is left out: the next run picks it up."""
-    base = root / f"topic={topic}"
-    if not base.exists():
-        return []
-    flushes: dict[tuple[int, int, int], list[tuple[Path, int, int, int]]] = defaultdict(list)
-    for path in base.glob("date=*/hour=*/p*.parquet"):
-        m = _PIECE.match(path.name)
-        start = _hour_start(path.parent)
-        if m and start is not None:
-            flushes[(int(m["p"]), int(m["first"]), int(m["last"]))].append((path, int(m["k"]), int(m["n"]), start))
     out = []
-    for key in sorted(flushes):
-        found = flushes[key]
-        if {k for _, k, _, _ in found} != set(range(1, found[0][2] + 1)):
+    for _, pieces in sorted(flushes(root, topic).items()):
+        if not is_complete(pieces):
             continue
-        out.extend(sorted(p for p, _, _, start in found
-                          if (since_ms is None or start + HOUR_MS > since_ms) and (until_ms is None or start <= until_ms)))
+        for piece in pieces:
+            start = hour_start(piece.path.parent)
+            if start is not None and (since_ms is None or start + HOUR_MS > since_ms) and (
+                    until_ms is None or start <= until_ms):
+                out.append(piece.path)
     return out
-
-
-def _hour_start(directory: Path) -> int | None:
-    m = _HOUR_DIR.search(directory.as_posix())
-    if not m:
-        return None
-    return int(datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _read_piece(path: Path, columns: list[str], schema: pa.Schema) -> pa.Table:
@@ -103,7 +85,7 @@ def read_topic_log(root: Path, spec: TopicSpec, since_ms: int | None, until_ms: 
                    on_file: Callable[[Path, int], None] | None = None) -> LogSlice:
     """One topic's rows in [since, until] (event time; `since` only bounds windowed topics, since a
     CDC attribute needs every earlier change), sorted by (partition, offset), deduplicated, not late."""
-    windowed = spec.name not in CDC_NAMES
+    windowed = spec.name in WINDOWED_TOPICS
     lower = since_ms if windowed else None
     files = complete_pieces(root, spec.name, lower, until_ms)
     schema = arrow_schema(spec.schema, META_FIELDS)
@@ -143,21 +125,22 @@ def read_event_log(root: Path, specs: tuple[TopicSpec, ...], since_ms: int | Non
         raise ReplayError(f"no event log at {root}: run the feature flow first (`streamml up`), point "
                           "STREAMML_HOME at the right directory, or replay with --source topic")
     out = {spec.name: read_topic_log(root, spec, since_ms, until_ms, on_file) for spec in specs}
-    if not any(s.table.num_rows for name, s in out.items() if name not in CDC_NAMES):
+    if not any(s.table.num_rows for name, s in out.items() if name in WINDOWED_TOPICS):
         span = log_time_range(root, specs)
-        covered = (f"the log covers {_iso(span[0])} .. {_iso(span[1])}" if span
+        covered = (f"the log covers {iso(span[0])} .. {iso(span[1])}" if span
                    else "the log holds no events yet")
-        raise ReplayError(f"no events between {_iso(since_ms) if since_ms else 'the beginning'} and "
-                          f"{_iso(until_ms) if until_ms else 'now'} in {root}; {covered}. Widen --since/--until")
+        raise ReplayError(f"no events between {iso(since_ms) if since_ms else 'the beginning'} and "
+                          f"{iso(until_ms) if until_ms else 'now'} in {root}; {covered}. Widen --since/--until")
     return out
 
 
 def log_time_range(root: Path, specs: tuple[TopicSpec, ...]) -> tuple[int, int] | None:
     """First and last hour partition of the windowed topics' log (cheap: directory names only)."""
-    hours = [start for spec in specs if spec.name not in CDC_NAMES
-             for d in (root / f"topic={spec.name}").glob("date=*/hour=*") if (start := _hour_start(d)) is not None]
+    hours = [start for spec in specs if spec.name in WINDOWED_TOPICS
+             for d in (root / f"topic={spec.name}").glob("date=*/hour=*") if (start := hour_start(d)) is not None]
     return (min(hours), max(hours) + HOUR_MS - 1) if hours else None
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+def iso(ms: int) -> str:
+    """Epoch ms as ISO 8601 UTC, for messages and manifests."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")

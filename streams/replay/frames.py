@@ -12,12 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.topics import CDC_TOPICS
+from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import Agg, Entity
 from streams.features.state import EntityPlan
 from streams.replay.engine import ChangeRows, ClickRows, GroupValues, evaluate
-
-CDC_NAMES = frozenset(t.name for t in CDC_TOPICS)
 
 
 def as_int(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -54,7 +52,7 @@ def entity_rows(plan: EntityPlan, tables: dict[str, pa.Table]) -> EntityRows:
         field = entity.id_field(topic)
         if field is None or table.num_rows == 0:
             continue
-        if topic in CDC_NAMES:
+        if topic in CDC_TOPIC_NAMES:
             if not plan.attribute_fields.get(topic):
                 continue
             after, before = table.column("after"), table.column("before")
@@ -76,13 +74,17 @@ def entity_rows(plan: EntityPlan, tables: dict[str, pa.Table]) -> EntityRows:
     return EntityRows(entity, encoded.dictionary.to_pylist(), codes[:n_clicks], clicks, codes[n_clicks:], changes)
 
 
+def _time_field(plan: EntityPlan) -> str:
+    """Event-time field of the plan's windowed source."""
+    return next(f.source.time_field for f in plan.features if f.source.name in plan.windowed_sources)
+
+
 def _click_rows(plan: EntityPlan, table: pa.Table | None, groups: np.ndarray, rows: np.ndarray | None = None) -> ClickRows | None:
     if table is None:
         return None
     if rows is not None:
         table = table.take(pa.array(rows))
-    time_field = next(f.source.time_field for f in plan.features if f.source.name in plan.windowed_sources)
-    return ClickRows(groups, as_int(table.column(time_field)), plain(table))
+    return ClickRows(groups, as_int(table.column(_time_field(plan))), plain(table))
 
 
 def _change_rows(plan: EntityPlan, table: pa.Table | None, groups: np.ndarray,
@@ -138,8 +140,7 @@ def values_as_of(plan: EntityPlan, rows: EntityRows, entity_ids: list[str], time
     n = len(entity_ids)
     clicks = changes = None
     if rows.clicks is not None:
-        ts = as_int(rows.clicks.column(next(f.source.time_field for f in plan.features
-                                               if f.source.name in plan.windowed_sources)))
+        ts = as_int(rows.clicks.column(_time_field(plan)))
         r, q = _expand(rows.click_codes, ts, query_codes, times)
         clicks = _click_rows(plan, rows.clicks, q, r)
     if rows.changes is not None:

@@ -21,12 +21,13 @@ import pyarrow as pa
 import redis
 
 from schemas.errors import ReplayError
+from schemas.topics import topic_spec
 from streams.features import namespaces
 from streams.features.definitions import source_topics
 from streams.features.keys import namespace_prefix
-from streams.features.shard import PLANS, EntityWrites, ShardState, route
+from streams.features.shard import PLANS, WINDOWED_TOPICS, EntityWrites, ShardState, route
 from streams.replay.eventlog import LogSlice, read_event_log
-from streams.replay.frames import CDC_NAMES, entity_rows, latest_values, plain
+from streams.replay.frames import entity_rows, latest_values, plain
 from streams.replay.topic import TopicRead, read_topic
 from streams.settings import FeatureFlowSettings
 from streams.sinks.feature_log import write_window
@@ -108,7 +109,7 @@ def load_events(settings: FeatureFlowSettings, req: ReplayRequest, progress: Pro
         read = TopicRead(settings.kafka_config(), settings.schema_registry_url, int(settings.features_lateness_s * 1000),
                          req.since_ms, req.until_ms)
         out = {spec.name: read_topic(read, spec, progress.advance) for spec in specs}
-        if not any(s.table.num_rows for name, s in out.items() if name not in CDC_NAMES):
+        if not any(s.table.num_rows for name, s in out.items() if name in WINDOWED_TOPICS):
             raise ReplayError("the topics hold no events in the requested range; widen --since/--until")
         return out
     raise ReplayError(f"unknown --source {req.source!r}: use parquet or topic")
@@ -232,9 +233,10 @@ def _rebuild_feature_log(out_dir: Path, tables: dict[str, pa.Table], report: Rep
 
 
 def _interleaved(tables: dict[str, pa.Table], batch: int = 2000):
-    """(topic, [(index, record)…]) batches of all topics merged by event time, each topic in its own order."""
+    """(topic, [(index, record)…]) batches of all topics interleaved roughly by event time (heap merge
+    of their heads); each topic keeps its processing order, which is what the state depends on."""
     def rows(topic: str, table: pa.Table):
-        time_field = "ts_ms" if topic in CDC_NAMES else "ts"
+        time_field = topic_spec(topic).time_field
         for i, record in enumerate(plain(table).to_pylist()):
             yield record[time_field], topic, i, record
 

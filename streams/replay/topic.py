@@ -23,8 +23,8 @@ from schemas.registry import RegistryClient
 from schemas.serde import TopicSerde
 from schemas.topics import TopicSpec
 from schemas.validation import validate
+from streams.features.shard import WINDOWED_TOPICS
 from streams.replay.eventlog import LogSlice
-from streams.replay.frames import CDC_NAMES
 from streams.windows.lateness import admit
 
 
@@ -44,7 +44,7 @@ def read_topic(read: TopicRead, spec: TopicSpec, on_records: Callable[[int], Non
                windowed: bool | None = None) -> LogSlice:
     """One topic's accepted records in [since, until] as an Arrow table (see `topic_records`)."""
     if windowed is None:
-        windowed = spec.name not in CDC_NAMES
+        windowed = spec.name in WINDOWED_TOPICS
     records, late, skipped = topic_records(read, spec, on_records, windowed)
     table = pa.Table.from_pylist(records, schema=arrow_schema(spec.schema))
     return LogSlice(table, [], late, skipped)

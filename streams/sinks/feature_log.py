@@ -19,7 +19,7 @@ from streams.features.shard import FeatureLogWindow
 from streams.flows import metrics
 from streams.sinks.parquet import hour_partition, write_atomic
 
-_ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}  # feature dtype -> Arrow
 
 
 def feature_log_schema(entity: str) -> pa.Schema:
@@ -28,7 +28,7 @@ def feature_log_schema(entity: str) -> pa.Schema:
     return pa.schema(
         [pa.field("entity_id", pa.string()), pa.field("feature_ts", pa.timestamp("ms", tz="UTC")),
          pa.field("window_start", pa.timestamp("ms", tz="UTC")), pa.field("window_end", pa.timestamp("ms", tz="UTC"))]
-        + [pa.field(f.name, _ARROW[f.dtype]) for f in defs]
+        + [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in defs]
     )
 
 

@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from schemas.arrow import arrow_schema
 from schemas.topics import TopicSpec
+from streams.features.definitions import HOUR_MS
 from streams.flows import metrics
 from streams.flows.source import SourceBatch
 
@@ -35,11 +37,12 @@ META_FIELDS = [
     pa.field("_late", pa.bool_()),
 ]
 _PIECE = re.compile(r"^p(?P<p>\d+)-(?P<first>\d+)-(?P<last>\d+)-(?P<k>\d+)of(?P<n>\d+)\.parquet$")
+_HOUR_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})$")
 
 
 def hour_partition(ts_ms: int) -> str:
     """The Hive partition path of an event time, shared by both Parquet logs: `date=YYYY-MM-DD/hour=HH`."""
-    when = datetime.fromtimestamp(ts_ms // 3_600_000 * 3600, tz=UTC)
+    when = datetime.fromtimestamp(ts_ms // HOUR_MS * HOUR_MS / 1000, tz=UTC)
     return f"date={when:%Y-%m-%d}/hour={when:%H}"
 
 
@@ -55,25 +58,53 @@ def write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One file of a flush: offsets [first, last] of a partition, piece k of n (one per event hour)."""
+
+    path: Path
+    partition: int
+    first: int
+    last: int
+    k: int
+    n: int
+
+
+def flushes(root: Path, topic: str, partition: int | None = None) -> dict[tuple[int, int, int], list[Piece]]:
+    """A topic's pieces grouped by flush, (partition, first, last) -> pieces (one partition if given)."""
+    out: dict[tuple[int, int, int], list[Piece]] = defaultdict(list)
+    pattern = f"date=*/hour=*/p{'' if partition is None else partition}*.parquet"
+    for path in (root / f"topic={topic}").glob(pattern):
+        m = _PIECE.match(path.name)
+        if m and (partition is None or int(m["p"]) == partition):
+            piece = Piece(path, int(m["p"]), int(m["first"]), int(m["last"]), int(m["k"]), int(m["n"]))
+            out[(piece.partition, piece.first, piece.last)].append(piece)
+    return out
+
+
+def is_complete(pieces: list[Piece]) -> bool:
+    """Every piece k of n of one flush is on disk (a crash mid-flush leaves some out)."""
+    return {p.k for p in pieces} == set(range(1, pieces[0].n + 1))
+
+
+def hour_start(directory: Path) -> int | None:
+    """Epoch ms of an `…/date=YYYY-MM-DD/hour=HH` directory (the inverse of `hour_partition`)."""
+    m = _HOUR_DIR.search(directory.as_posix())
+    if not m:
+        return None
+    return int(datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H").replace(tzinfo=UTC).timestamp() * 1000)
+
+
 def committed_position(root: Path, topic: str, partition: int) -> int:
     """Highest offset fully written for a partition (-1 if none); removes pieces of incomplete flushes."""
-    pieces: dict[tuple[int, int], list[tuple[Path, int, int]]] = defaultdict(list)
-    base = root / f"topic={topic}"
-    if not base.exists():
-        return -1
-    for path in base.glob(f"date=*/hour=*/p{partition}-*.parquet"):
-        m = _PIECE.match(path.name)
-        if m and int(m["p"]) == partition:
-            pieces[(int(m["first"]), int(m["last"]))].append((path, int(m["k"]), int(m["n"])))
     best = -1
-    for (_first, last), found in pieces.items():
-        n = found[0][2]
-        if {k for _, k, _ in found} == set(range(1, n + 1)):
+    for (_, _, last), pieces in flushes(root, topic, partition).items():
+        if is_complete(pieces):
             best = max(best, last)
         else:
-            for path, _, _ in found:
-                path.unlink(missing_ok=True)
-    for stray in base.glob(f"date=*/hour=*/.p{partition}-*.tmp"):
+            for piece in pieces:
+                piece.path.unlink(missing_ok=True)
+    for stray in (root / f"topic={topic}").glob(f"date=*/hour=*/.p{partition}-*.tmp"):
         stray.unlink(missing_ok=True)
     return best
 
@@ -115,10 +146,10 @@ class EventLogWriter:
         by_hour: dict[int, list[dict[str, Any]]] = defaultdict(list)
         time_field = self.spec.time_field
         for row in rows:
-            by_hour[row[time_field] // 3_600_000].append(row)
+            by_hour[row[time_field] // HOUR_MS].append(row)
         n = len(by_hour)
         for k, (hour, part) in enumerate(sorted(by_hour.items()), start=1):
-            directory = hour_dir(self.root, self.spec.name, hour * 3_600_000)
+            directory = hour_dir(self.root, self.spec.name, hour * HOUR_MS)
             name = f"p{self.partition}-{first:012d}-{last:012d}-{k}of{n}.parquet"
             write_atomic(pa.Table.from_pylist(part, schema=self.schema), directory / name)
         self.written_upto = last

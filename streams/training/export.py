@@ -29,14 +29,14 @@ from schemas.errors import ReplayError
 from schemas.topics import LABELS, PREDICTIONS, TopicSpec
 from streams.features.definitions import ENTITIES, FEATURES, source_topics
 from streams.features.shard import PLANS
-from streams.replay.eventlog import read_event_log
+from streams.replay.eventlog import iso, read_event_log
 from streams.replay.frames import as_int, entity_rows, values_as_of
 from streams.replay.topic import TopicRead, topic_records
 from streams.settings import FeatureFlowSettings
+from streams.sinks.feature_log import ARROW_TYPES
 from streams.sinks.parquet import write_atomic
 
 SPLITS = ("train", "validation", "test")
-_ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def export_training(settings: FeatureFlowSettings, req: ExportRequest,
     for entity, ts in feature_ts.items():
         columns[f"{entity}.feature_ts"] = pa.array(ts, pa.timestamp("ms", tz="UTC"))
     for f in FEATURES:
-        columns[f.qualified] = pa.array(features[f.qualified], _ARROW[f.dtype])
+        columns[f.qualified] = pa.array(features[f.qualified], ARROW_TYPES[f.dtype])
     table = pa.table(columns)
     if req.split == "time":
         names, cuts = split_by_time(times, req.fractions)
@@ -228,14 +228,14 @@ def export_training(settings: FeatureFlowSettings, req: ExportRequest,
         part_times = as_int(part.column("event_ts"))
         splits[name] = {"rows": part.num_rows, "file": f"{name}.parquet",
                         "positives": int(pc.sum(part.column("label")).as_py() or 0),
-                        "event_ts_min": _iso(int(part_times.min())) if part.num_rows else None,
-                        "event_ts_max": _iso(int(part_times.max())) if part.num_rows else None}
+                        "event_ts_min": iso(int(part_times.min())) if part.num_rows else None,
+                        "event_ts_max": iso(int(part_times.max())) if part.num_rows else None}
     manifest = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": table.num_rows,
         "splits": splits,
-        "split": {"method": req.split, "fractions": list(req.fractions), "cuts": [_iso(c) for c in cuts]},
-        "time_range": {"event_ts_min": _iso(int(times.min())), "event_ts_max": _iso(int(times.max()))},
+        "split": {"method": req.split, "fractions": list(req.fractions), "cuts": [iso(c) for c in cuts]},
+        "time_range": {"event_ts_min": iso(int(times.min())), "event_ts_max": iso(int(times.max()))},
         "features": [{"name": f.qualified, "dtype": f.dtype, "default": f.default, "entity": f.entity.name,
                       "aggregation": f.aggregation.value} for f in FEATURES],
         "feature_set_hash": hashlib.sha256(json.dumps([repr(f) for f in FEATURES]).encode()).hexdigest()[:16],
@@ -249,6 +249,3 @@ def export_training(settings: FeatureFlowSettings, req: ExportRequest,
     os.replace(tmp, req.out / "manifest.json")
     return manifest
 
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
