@@ -237,7 +237,6 @@ def main() -> None:
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         fresh: list[dict] = []
         for label, rate in (("", args.fresh_rate), ("_light", args.light_rate)):
-            time.sleep(3)  # let the previous phase drain
             before = histogram(metrics_url, "streamml_features_freshness_seconds")
             n_fresh = int(rate * args.fresh_seconds)
             now = int(time.time() * 1000)
@@ -245,12 +244,14 @@ def main() -> None:
                      for n in range(n_fresh)]
             fresh += phase
             produced_s = produce(bootstrap, serde, phase, rate=rate)
-            time.sleep(3)
+            drained = wait_reflected(env["STREAMML_REDIS_URL"], {r["user_id"]: r["ts"] for r in phase}, 300)
+            time.sleep(1)
             after = histogram(metrics_url, "streamml_features_freshness_seconds")
             delta = {b: after[b] - before.get(b, 0.0) for b in after}
             result[f"fresh{label}_rate_eps"] = round(n_fresh / produced_s)
             result[f"freshness{label}_p50_ms"] = round(quantile(delta, 0.5) * 1000, 1)
             result[f"freshness{label}_p99_ms"] = round(quantile(delta, 0.99) * 1000, 1)
+            result[f"fresh{label}_drained"] = drained  # the next phase starts only once this one is in Redis
         n_fresh = len(fresh)
         stop(procs)
         procs = []
