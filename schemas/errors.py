@@ -70,3 +70,11 @@ class ValidationError(DecodeError):
 
 class ReplayError(StreammlError):
     """A replay or training export cannot run as asked (missing or corrupt input, empty range, bad namespace)."""
+
+
+class ModelError(StreammlError):
+    """A model cannot be built, stored, loaded or activated (unknown kind or version, corrupt snapshot)."""
+
+
+class ModelNotFoundError(ModelError):
+    """A model version that the store does not hold."""

@@ -22,6 +22,8 @@ console = Console()
 PROCESSES = {
     "registry": "services.registry.main:main",
     "features": "streams.flows.run:main",
+    "inference": "services.inference.main:main",
+    "learner": "services.inference.learner:main",
 }
 
 

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict safe to log: secrets and credentials in URLs masked."""
         data = self.model_dump(mode="json")
+        for name, value in data.items():
+            if value and isinstance(value, str) and _is_secret(name):
+                data[name] = "***"
         data["kafka_client"] = {k: ("***" if _is_secret(k) else v) for k, v in self.kafka_client.items()}
         data["redis_url"] = _mask_url(self.redis_url)
         data["schema_registry_url"] = _mask_url(self.schema_registry_url)

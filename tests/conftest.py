@@ -5,6 +5,7 @@ Tests that need isolation use unique topic names / Redis DB flushes, not separat
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,7 @@ def fresh_kafka(server_logs: Path) -> Iterator[str]:
     server.stop()
 
 
-_redis_dbs = iter(range(1, 16))
+_redis_dbs = itertools.cycle(range(1, 16))
 
 
 @pytest.fixture

@@ -80,6 +80,7 @@ class FeatureDefinition:
     value_field: str | None = None
     inputs: tuple[str, ...] = ()
     doc: str = field(default="", compare=False)
+    model_input: bool = True  # False: served and logged, but models do not learn from it (e.g. raw times)
 
     @property
     def qualified(self) -> str:
@@ -118,7 +119,7 @@ FEATURES: tuple[FeatureDefinition, ...] = (
     FeatureDefinition("session_events", USER, CLICKSTREAM, Agg.SESSION_COUNT, "int", 0,
                       value_field="session_id", doc="Events in the session of the user's latest event."),
     FeatureDefinition("last_event_ts", USER, CLICKSTREAM, Agg.MAX, "int", 0, value_field="ts",
-                      doc="Event time (ms) of the user's latest event."),
+                      doc="Event time (ms) of the user's latest event.", model_input=False),
     # user, from CDC
     FeatureDefinition("tier", USER, CDC_USERS, Agg.ATTRIBUTE, "str", "unknown", value_field="tier"),
     FeatureDefinition("country", USER, CDC_USERS, Agg.ATTRIBUTE, "str", "unknown", value_field="country"),
@@ -136,6 +137,34 @@ FEATURES: tuple[FeatureDefinition, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class RequestFeature:
+    """A feature known only at request time: read from the request's `context` (or its time) by serving,
+    logged with the prediction, never stored online. `source` is `context.<field>` or `ts.hour_of_day`.
+    """
+
+    name: str
+    source: str
+    dtype: str  # "int" | "float" | "str"
+    default: Any
+    doc: str = field(default="", compare=False)
+
+    @property
+    def qualified(self) -> str:
+        return f"request.{self.name}"
+
+    @property
+    def context_field(self) -> str | None:
+        return self.source.split(".", 1)[1] if self.source.startswith("context.") else None
+
+
+REQUEST_FEATURES: tuple[RequestFeature, ...] = (
+    RequestFeature("device", "context.device", "str", "unknown", "Client device: desktop, mobile, tablet, app."),
+    RequestFeature("position", "context.position", "int", 0, "Slot of the item in the list shown (0 = top)."),
+    RequestFeature("hour_of_day", "ts.hour_of_day", "int", 0, "UTC hour of the request."),
+)
+
+
 def features_of(entity: Entity) -> tuple[FeatureDefinition, ...]:
     return tuple(f for f in FEATURES if f.entity == entity)
 
@@ -149,8 +178,18 @@ def feature(qualified: str) -> FeatureDefinition:
 
 
 def defaults() -> dict[str, Any]:
-    """qualified name -> declared default (what serving uses when a value is missing)."""
+    """qualified name -> declared default of every stored feature (what serving uses when one is missing)."""
     return {f.qualified: f.default for f in FEATURES}
+
+
+def non_model_inputs() -> tuple[str, ...]:
+    """Qualified names of served features that models must not learn from."""
+    return tuple(f.qualified for f in FEATURES if not f.model_input)
+
+
+def served_features() -> tuple[str, ...]:
+    """Qualified names of every feature a prediction uses and logs: stored ones, then request ones."""
+    return tuple(f.qualified for f in FEATURES) + tuple(r.qualified for r in REQUEST_FEATURES)
 
 
 def source_topics() -> tuple[TopicSpec, ...]:

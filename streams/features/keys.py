@@ -27,9 +27,13 @@ def encode_value(value: Any) -> str:
 
 def decode_value(entity: str, name: str, raw: str | bytes) -> Any:
     """Inverse of `encode_value`, typed by the feature's declared dtype."""
+    return decode_typed("int" if name == TS_FIELD else _DTYPES.get((entity, name), "str"), raw)
+
+
+def decode_typed(dtype: str, raw: str | bytes) -> Any:
+    """A stored string (or bytes) as a value of `dtype` ("int", "float" or "str")."""
     text = raw.decode() if isinstance(raw, bytes) else raw
-    dtype = _DTYPES.get((entity, name))
-    if dtype == "int" or name == TS_FIELD:
+    if dtype == "int":
         return int(float(text))
     if dtype == "float":
         return float(text)
