@@ -6,6 +6,7 @@ Runs until --duration, --max-events or Ctrl-C/SIGTERM, then prints what was sent
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,9 @@ def produce(
                                                  help="Share of clickstream events that arrive late.")] = 0.0,
     max_events: Annotated[int | None, typer.Option("--max-events", min=1, help="Stop after this many events.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    predict_url: Annotated[str | None, typer.Option(
+        "--predict-url", help="Ask this inference service for the shop's predictions; labels then refer to "
+                              "served ids (the demo's closed loop).")] = None,
 ) -> None:
     """Publish generated shop traffic to the configured cluster (topics are created if missing)."""
     settings = load_settings()
@@ -41,8 +45,14 @@ def produce(
     on_progress = None if as_json else (lambda p: err.print(
         f"[dim]{p['elapsed_s']:>7.1f}s  {p['events']:>10,} events  {p['rate']:>9,.1f}/s  "
         f"delivered {p['delivered']:,}  failed {p['failed']:,}[/]"))
+    served = None
+    if predict_url:
+        from services.loadgen.served import ServedPredictions
+
+        keys = [k for k in os.environ.get("STREAMML_INFERENCE_API_KEYS", "").split(",") if k.strip()]
+        served = ServedPredictions(predict_url, keys[0].strip() if keys else None)
     summary = run_load(settings, config, rate, duration or None, registry, on_progress=on_progress,
-                       shutdown=Shutdown(), max_events=max_events)
+                       shutdown=Shutdown(), max_events=max_events, served=served)
     if as_json:
         print(json.dumps(summary))
     else:

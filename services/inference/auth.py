@@ -25,22 +25,28 @@ class KeyRing:
         self.enabled = enabled
         self._admin = frozenset(map(_digest, admin_keys))
         self._predict = frozenset(map(_digest, predict_keys)) | self._admin
+        self._seen: dict[str, bytes] = {}
 
     def check(self, presented: str | None, admin: bool) -> None:
         if not self.enabled:
             return
         if not presented:
             raise HTTPException(401, "missing X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
-        digest = _digest(presented)
+        digest = self._seen.get(presented)
+        if digest is None:
+            digest = _digest(presented)
+            if len(self._seen) < 1024:  # hashing once per distinct key, not per request
+                self._seen[presented] = digest
         if digest not in self._predict:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "X-API-Key"})
         if admin and digest not in self._admin:
             raise HTTPException(403, "this key may predict but not change models; use an admin key")
 
 
-def require_predict(request: Request, key: Annotated[str | None, Depends(_header)]) -> None:
+# async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request
+async def require_predict(request: Request, key: Annotated[str | None, Depends(_header)]) -> None:
     request.app.state.keys.check(key, admin=False)
 
 
-def require_admin(request: Request, key: Annotated[str | None, Depends(_header)]) -> None:
+async def require_admin(request: Request, key: Annotated[str | None, Depends(_header)]) -> None:
     request.app.state.keys.check(key, admin=True)

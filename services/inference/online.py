@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from cachetools import TTLCache
-from redis.exceptions import RedisError
 
 from services.inference import metrics
+from services.inference.resp import RespClient, RespError
 from streams.features.keys import feature_key
 from streams.runtime.logging import get_logger
 
@@ -38,10 +37,7 @@ class OnlineFeatures:
 
     def __init__(self, redis_url: str, namespace: Callable[[], str], *, timeout_ms: float = 50.0,
                  retry_s: float = 1.0, cache_ttl_ms: float = 0.0, cache_size: int = 100_000):
-        timeout = timeout_ms / 1000.0
-        self.client = aioredis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False,
-            retry=None, health_check_interval=0)
+        self.client = RespClient(redis_url, timeout_ms / 1000.0)
         self._namespace = namespace
         self._retry_s = retry_s
         self._down_until = 0.0
@@ -65,17 +61,15 @@ class OnlineFeatures:
         prefix = self._namespace()
         started = time.perf_counter()
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for entity, entity_id in wanted:
-                    pipe.hgetall(feature_key(entity, entity_id, prefix))
-                results = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            results = await self.client.pipeline([("HGETALL", feature_key(e, i, prefix)) for e, i in wanted])
+        except RespError as exc:
             if time.monotonic() >= self._down_until:
                 log.warning("redis unavailable, serving declared defaults", error=str(exc), retry_s=self._retry_s)
             self._down_until = time.monotonic() + self._retry_s
             return Fetched(hashes, False)
         metrics.FEATURE_FETCH.observe(time.perf_counter() - started)
-        for ref, raw in zip(wanted, results):
+        for ref, flat in zip(wanted, results):
+            raw = dict(zip(flat[::2], flat[1::2]))  # RESP2 HGETALL: [field, value, field, value, ...]
             hashes[ref] = raw
             if self._cache is not None:
                 self._cache[ref] = raw
@@ -83,9 +77,9 @@ class OnlineFeatures:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
-        except (RedisError, OSError):
+            return (await self.client.pipeline([("PING",)]))[0] in (b"PONG", "PONG")
+        except RespError:
             return False
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()

@@ -8,9 +8,9 @@ Shutdown drains the buffer and flushes; what could not be delivered in time is l
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from confluent_kafka import Producer
@@ -26,6 +26,7 @@ from streams.settings import Settings
 log = get_logger(__name__)
 _BATCH = 1000
 _RETRY_S = 1.0
+_DRAIN_EVERY_S = 0.02  # the thread wakes on a timer, not per record: no lock or thread switch per prediction
 
 
 class PredictionLogger:
@@ -33,8 +34,11 @@ class PredictionLogger:
 
     def __init__(self, settings: Settings, registry: SchemaSource, *, capacity: int = 100_000,
                  delivery_timeout_ms: int = 0, producer_factory: Any = Producer):
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=capacity)
-        overrides = {"message.timeout.ms": delivery_timeout_ms, "queue.buffering.max.messages": capacity}
+        self._queue: deque[dict[str, Any]] = deque()  # append/popleft are atomic: no lock on the request path
+        self._capacity = capacity
+        # linger 50 ms: a logged prediction may wait a little, and big batches cost the broker far less per record
+        overrides = {"message.timeout.ms": delivery_timeout_ms, "queue.buffering.max.messages": capacity,
+                     "linger.ms": 50}
         self._new_producer = lambda: EventProducer(settings, registry, client_id="streamml-inference",
                                                    producer_factory=producer_factory, **overrides)
         self._producer = self._new_producer()
@@ -47,18 +51,17 @@ class PredictionLogger:
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Queue one PredictionLog record; False (and counted) if the buffer is full."""
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if len(self._queue) >= self._capacity:
             self.dropped += 1
             metrics.LOG_RECORDS.labels("dropped").inc()
             return False
+        self._queue.append(record)
         metrics.LOG_RECORDS.labels("queued").inc()
         return True
 
     @property
     def buffered(self) -> int:
-        return self._queue.qsize() + len(self._held)
+        return len(self._queue) + len(self._held)
 
     def stats(self) -> dict[str, Any]:
         stats = self._producer.stats()
@@ -90,19 +93,14 @@ class PredictionLogger:
             self._producer.poll(0)
             self._count_outcomes()
             metrics.LOG_BUFFERED.set(self.buffered)
-            if self._stopping.is_set() and not self._held and self._queue.empty():
+            if self._stopping.is_set() and not self._held and not self._queue:
                 return
+            if not self._queue:
+                self._stopping.wait(_DRAIN_EVERY_S)
 
     def _take(self) -> None:
-        try:
-            self._held.append(self._queue.get(timeout=0.05))
-        except queue.Empty:
-            return
-        while len(self._held) < _BATCH:
-            try:
-                self._held.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        while self._queue and len(self._held) < _BATCH:
+            self._held.append(self._queue.popleft())
 
     def _send(self) -> None:
         done = 0

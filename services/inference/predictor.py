@@ -4,8 +4,8 @@ request-time features from `context`, the active River model, then one predictio
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +87,7 @@ class Predictor:
             for reason in degraded:
                 metrics.DEGRADED.labels(reason).inc()
             latency_ms = (time.perf_counter() - started) * 1000.0
-            prediction_id = uuid.uuid4().hex
+            prediction_id = os.urandom(16).hex()  # 128 random bits, as uuid4 but a fifth of the cost
             self.log.submit({
                 "prediction_id": prediction_id, "model": self.model_name, "model_version": version,
                 "entities": dict(req.ids), "features": vector, "score": value, "ts": now_ms,

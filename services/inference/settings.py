@@ -33,6 +33,11 @@ class InferenceSettings(ModelSettings):
     inference_cache_ttl_ms: float = Field(0.0, ge=0, description="In-process feature cache TTL (0 = off).")
     inference_cache_size: int = Field(100_000, ge=1)
     inference_reload_s: float = Field(1.0, gt=0, description="How often the active model version is checked.")
+    inference_fast_path: bool = Field(True, description="Serve predict from ASGI directly (same contract).")
+    inference_proxy_headers: bool = Field(False, description="Trust X-Forwarded-* (behind a proxy you run).")
+    inference_gil_switch_ms: float = Field(0.5, gt=0, description="sys.setswitchinterval for the service.")
+    inference_gc_thresholds: tuple[int, int, int] = Field(
+        (50_000, 20, 100), description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
     inference_batch_max: int = Field(1000, ge=1, le=10_000)
     inference_log_buffer: int = Field(100_000, ge=1, description="Predictions held for the log before drops.")
     inference_log_delivery_timeout_ms: int = Field(

@@ -68,6 +68,8 @@ class LoadGenerator:
         self._out: list[Event] = []
         self._now = self._origin
         self._ids = {"e": 0, "s": 0, "p": 0, "o": 0}
+        # (prediction_id, user_id, item_id, ts) of each prediction issued, when a caller wants to serve them
+        self.issued: list[tuple[str, str, str, int]] | None = None
         self._derive_timing()
 
     def _derive_timing(self) -> None:
@@ -245,6 +247,8 @@ class LoadGenerator:
         prediction = Prediction(self._next_id("p"), item.item_id, self._now)
         user.pending.append(prediction)
         self.stats.predictions += 1
+        if self.issued is not None:
+            self.issued.append((prediction.prediction_id, user.user_id, item.item_id, self._now))
         self._push(self._now + self.config.label_horizon_ms, _LABEL_DUE, (user, prediction))
 
     def _resolve(self, user: User, item: Item) -> None:

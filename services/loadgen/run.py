@@ -16,6 +16,7 @@ from schemas.serde import SchemaSource
 from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, LABELS, TopicSpec
 from services.loadgen.config import LoadConfig
 from services.loadgen.generator import LoadGenerator
+from services.loadgen.served import ServedPredictions
 from services.producer import EventProducer
 from streams.kafka.admin import ensure_topics
 from streams.runtime.lifecycle import Shutdown
@@ -42,19 +43,23 @@ def run_load(
     max_events: int | None = None,
     producer: EventProducer | None = None,
     progress_every_s: float = 5.0,
+    served: ServedPredictions | None = None,
 ) -> dict[str, Any]:
     """Publish generated events at `rate` total events/s (<= 0: as fast as possible); returns a summary.
 
     Runs until `duration_s` passes (None or 0: until `shutdown`), `max_events` are sent, or shutdown
     is requested. Event time starts at the wall clock (unless `config.start_ms` is set) and, with
     `config.event_rate` following `rate`, keeps pace with it. A caller-supplied `producer` is flushed,
-    not closed, and the per-topic counts in the summary are its totals.
+    not closed, and the per-topic counts in the summary are its totals. With `served`, the shop's
+    predictions are asked of the inference service and labels carry the served prediction ids.
     """
     if rate > 0:
         config = dataclasses.replace(config, event_rate=rate)
     if config.start_ms is None:
         config = dataclasses.replace(config, start_ms=int(time.time() * 1000))
     generator = LoadGenerator(config)
+    if served is not None:
+        generator.issued = []
     _warn_if_sessions_never_end(generator, rate)
     topics = ensure_topics(settings.kafka_config(), [t.name for t in LOAD_TOPICS],
                            settings.topic_partitions, settings.topic_replication)
@@ -64,7 +69,7 @@ def run_load(
     events = generator if max_events is None else islice(generator, max_events)
     try:
         sent, stopped, started, elapsed = _pump(events, producer, rate, duration_s, shutdown,
-                                                on_progress, progress_every_s, generator)
+                                                on_progress, progress_every_s, generator, served)
     finally:
         undelivered = producer.close() if own_producer else producer.flush()
     flushed = time.monotonic() - started
@@ -84,13 +89,15 @@ def run_load(
         "event_time": {"start_ms": config.start_ms, "reached_ms": generator.event_time_ms},
         "sessions_realistic": config.users >= generator.timing["users_for_realistic_sessions"],
     }
+    if served is not None:
+        summary["predictions_served"], summary["predictions_not_served"] = served.served, served.failed
     log.info("load finished", **{k: v for k, v in summary.items() if k != "topics"})
     return summary
 
 
 def _pump(events: Any, producer: EventProducer, rate: float, duration_s: float | None, shutdown: Shutdown | None,
           on_progress: Callable[[dict[str, Any]], None] | None, progress_every_s: float,
-          generator: LoadGenerator) -> tuple[int, str, float, float]:
+          generator: LoadGenerator, served: ServedPredictions | None = None) -> tuple[int, str, float, float]:
     """The loop: take a batch of tokens, publish that many events, repeat. Returns (sent, why, start, elapsed)."""
     batch = _UNLIMITED_BATCH if rate <= 0 else max(1, min(_MAX_BATCH, int(rate / 100)))
     iterator = iter(events)
@@ -121,8 +128,11 @@ def _pump(events: Any, producer: EventProducer, rate: float, duration_s: float |
                 continue
             tokens -= batch
         chunk = list(islice(iterator, batch))
+        if served is not None:
+            served.serve(generator.issued)
+            generator.issued.clear()
         for spec, record in chunk:
-            producer.publish(spec, record)
+            producer.publish(spec, served.relabel(record) if served is not None and spec is LABELS else record)
         sent += len(chunk)
         producer.poll(0)
         if len(chunk) < batch:

@@ -6,6 +6,7 @@ partition counts, contract schemas), then the pipeline processes, then (with --d
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from urllib.parse import urlparse
 
 from schemas.registry import RegistryClient
 from schemas.topics import all_topic_names
+from services.inference.settings import LearnerSettings
 from services.stack.binaries import redis_argv, tansu_argv
 from services.stack.health import http_ok, kafka_ok, port_open, redis_ok, wait_until
 from services.stack.supervisor import ProcessRecord, ProcessSpec, StackError, Supervisor
@@ -75,11 +77,32 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
         ProcessSpec("features", _streamml("run", "features"), env=home, metrics_port=flow_metrics,
                     health_url=f"http://127.0.0.1:{flow_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{flow_metrics}/metrics"), f"http://127.0.0.1:{flow_metrics}/metrics"))
+    serving = _inference_env(settings)
+    port = settings.inference_port
+    out.append(StackProcess(
+        ProcessSpec("inference", _streamml("run", "inference"), port=port, env={**home, **serving},
+                    health_url=f"http://127.0.0.1:{port}/readyz", metrics_port=port),
+        lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), f"http://127.0.0.1:{port}/docs"))
+    learner_metrics = load_settings(LearnerSettings).learner_metrics_port
+    out.append(StackProcess(
+        ProcessSpec("learner", _streamml("run", "learner"), env=home, metrics_port=learner_metrics,
+                    health_url=f"http://127.0.0.1:{learner_metrics}/metrics"),
+        lambda: http_ok(f"http://127.0.0.1:{learner_metrics}/metrics"),
+        f"http://127.0.0.1:{learner_metrics}/metrics"))
     if demo:
         out.append(StackProcess(
-            ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0"), env=home),
+            ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0",
+                                             "--predict-url", f"http://127.0.0.1:{port}"), env=home),
             lambda: True, f"{demo_rate:g} events/s"))
     return out
+
+
+def _inference_env(settings: Settings) -> dict[str, str]:
+    """The embedded stack is for local use: without configured API keys it turns auth off, explicitly."""
+
+    if os.environ.get("STREAMML_INFERENCE_API_KEYS") or os.environ.get("STREAMML_INFERENCE_ADMIN_KEYS"):
+        return {}
+    return {"STREAMML_INFERENCE_AUTH": os.environ.get("STREAMML_INFERENCE_AUTH", "false")}
 
 
 def provision(settings: Settings) -> dict[str, int]:

@@ -182,9 +182,10 @@ def defaults() -> dict[str, Any]:
     return {f.qualified: f.default for f in FEATURES}
 
 
-def non_model_inputs() -> tuple[str, ...]:
-    """Qualified names of served features that models must not learn from."""
-    return tuple(f.qualified for f in FEATURES if not f.model_input)
+def model_inputs(*dtypes: str) -> tuple[str, ...]:
+    """Qualified names of the served features of these dtypes that models learn from."""
+    stored = tuple(f.qualified for f in FEATURES if f.model_input and f.dtype in dtypes)
+    return stored + tuple(r.qualified for r in REQUEST_FEATURES if r.dtype in dtypes)
 
 
 def served_features() -> tuple[str, ...]:

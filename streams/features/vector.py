@@ -8,11 +8,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams.features.definitions import ENTITIES, HOUR_MS, REQUEST_FEATURES, features_of
-from streams.features.keys import TS_FIELD, decode_typed
+from streams.features.keys import TS_FIELD
 
 _TS = TS_FIELD.encode()
-# entity -> ((hash field as bytes, qualified name, dtype, default), ...), computed once
-_STORED = {e.name: tuple((f.name.encode(), f.qualified, f.dtype, f.default) for f in features_of(e))
+
+
+def _int(raw: bytes) -> int:
+    try:
+        return int(raw)
+    except ValueError:  # written as "3.0" by an older writer: same value
+        return int(float(raw))
+
+
+_FROM_BYTES = {"int": _int, "float": float, "str": bytes.decode}  # int()/float() parse bytes directly
+# entity -> ((hash field as bytes, qualified name, parser, default), ...), computed once
+_STORED = {e.name: tuple((f.name.encode(), f.qualified, _FROM_BYTES[f.dtype], f.default) for f in features_of(e))
            for e in ENTITIES}
 ENTITY_NAMES: tuple[str, ...] = tuple(_STORED)
 
@@ -21,33 +31,30 @@ def stored_values(entity: str, raw: Mapping[bytes, bytes] | None) -> tuple[dict[
     """Typed values of one entity's hash with defaults filled in, and the event time it reflects (None if absent)."""
     out: dict[str, Any] = {}
     raw = raw or {}
-    for field_name, qualified, dtype, default in _STORED[entity]:
+    for field_name, qualified, parse, default in _STORED[entity]:
         value = raw.get(field_name)
-        out[qualified] = default if value is None else decode_typed(dtype, value)
+        out[qualified] = default if value is None else parse(value)
     ts = raw.get(_TS)
-    return out, (int(float(ts)) if ts is not None else None)
+    return out, (_int(ts) if ts is not None else None)
 
 
 def defaults_of(entity: str) -> dict[str, Any]:
     """Every stored feature of `entity` at its declared default (what serving uses without Redis)."""
-    return {qualified: default for _f, qualified, _d, default in _STORED[entity]}
+    return {qualified: default for _f, qualified, _p, default in _STORED[entity]}
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+_REQUEST = tuple((f.qualified, f.source, f.context_field, _TYPES[f.dtype], f.default) for f in REQUEST_FEATURES)
 
 
 def request_values(context: Mapping[str, Any], ts_ms: int) -> dict[str, Any]:
     """The request-time features of one request: from `context` (typed, default when absent) or its time."""
     out: dict[str, Any] = {}
-    for feat in REQUEST_FEATURES:
-        if feat.source == "ts.hour_of_day":
-            out[feat.qualified] = (ts_ms // HOUR_MS) % 24
+    for qualified, source, context_field, cast, default in _REQUEST:
+        if source == "ts.hour_of_day":
+            out[qualified] = (ts_ms // HOUR_MS) % 24
             continue
-        value = context.get(feat.context_field) if feat.context_field else None
-        if value is None:
-            out[feat.qualified] = feat.default
-        elif feat.dtype == "int":
-            out[feat.qualified] = int(value)
-        elif feat.dtype == "float":
-            out[feat.qualified] = float(value)
-        else:
-            out[feat.qualified] = str(value)
+        value = context.get(context_field) if context_field else None
+        out[qualified] = default if value is None else cast(value)
     return out
 

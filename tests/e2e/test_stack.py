@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis as redis_lib
 from confluent_kafka import Consumer
@@ -31,6 +32,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 @pytest.fixture
 def stack_env(tmp_path: Path):
     kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
+    inference, learner_metrics = free_port(), free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -39,9 +41,11 @@ def stack_env(tmp_path: Path):
         "STREAMML_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{registry}",
         "STREAMML_REGISTRY_PORT": str(registry),
         "STREAMML_FEATURES_METRICS_PORT": str(flow_metrics),
+        "STREAMML_INFERENCE_PORT": str(inference),
+        "STREAMML_LEARNER_METRICS_PORT": str(learner_metrics),
         "COLUMNS": "200",
     }
-    yield env, {"kafka": kafka, "redis": redis, "registry": registry}
+    yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference}
     _cli(env, "down")
 
 
@@ -62,7 +66,7 @@ def test_up_demo_status_down_round_trip(stack_env):
             break
         time.sleep(1)
     names = {row["name"]: row for row in report["processes"]}
-    assert {"broker", "redis", "registry", "features", "loadgen"} <= set(names)
+    assert {"broker", "redis", "registry", "features", "inference", "learner", "loadgen"} <= set(names)
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
@@ -91,9 +95,16 @@ def test_up_demo_status_down_round_trip(stack_env):
     user_key = next(client.scan_iter("feat:user:*", count=100))
     assert int(client.hget(user_key, "_ts")) > 0
 
+    # ... which the inference service serves (auth is off only because the embedded stack says so).
+    user_id = user_key.decode().rsplit(":", 1)[1]
+    answer = httpx.post(f"http://127.0.0.1:{ports['inference']}/v1/predict",
+                        json={"user_id": user_id, "item_id": "any"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["feature_age_ms"] is not None
+
     stopped = _cli(env, "down")
     assert stopped.returncode == 0
-    for name in ("broker", "redis", "registry", "features", "loadgen"):
+    for name in ("broker", "redis", "registry", "features", "inference", "learner", "loadgen"):
         assert name in stopped.stdout
     assert not port_open(ports["kafka"]) and not port_open(ports["redis"]) and not port_open(ports["registry"])
     after = json.loads(_cli(env, "status", "--json").stdout)

@@ -241,3 +241,46 @@ def test_predictions_made_while_the_broker_is_down_are_delivered_later(
         assert service.stop() == 0
         broker.stop()
     assert redis_lib.Redis.from_url(redis_db_url).ping()
+
+
+@pytest.mark.slow
+def test_a_learner_killed_mid_stream_resumes_without_learning_any_label_twice(
+        topics: str, registry_url: str, redis_db_url: str, tmp_path: Path, unique: str) -> None:
+    model = f"m{unique}"
+    env = serving_env(tmp_path, topics, registry_url, redis_db_url, model, STREAMML_LEARNER_SNAPSHOT_LABELS="50",
+                      STREAMML_LEARNER_SNAPSHOT_S="0.5")
+    service = Service(env, tmp_path).start()
+    producer = EventProducer({"bootstrap.servers": topics}, RegistryClient(registry_url))
+    learner = start_learner(env, tmp_path / "learner-1.log")
+    try:
+        served = []
+        for start in range(0, 600, 100):
+            resp = service.client.post("/v1/predict/batch", json=[
+                {"user_id": f"u{k}", "item_id": f"i{k % 7}"} for k in range(start, start + 100)])
+            served += resp.json()
+        rng = random.Random(3)
+        for result in served[:300]:
+            producer.publish(LABELS, {"prediction_id": result["prediction_id"], "label": rng.randint(0, 1),
+                                      "ts": int(time.time() * 1000), "source": "client"})
+        assert producer.flush(30) == 0
+        store = redis_lib.Redis.from_url(redis_db_url)
+        from services.inference.store import ModelStore
+
+        models = ModelStore(store, model)
+        wait_for(lambda: models.latest() is not None and models.meta(models.latest())["labels_learned"] >= 100, 60,
+                 "a first snapshot")
+        learner.kill()  # SIGKILL, mid-stream: whatever it learned since its last snapshot is lost
+        learner.wait(10)
+        for result in served[300:]:
+            producer.publish(LABELS, {"prediction_id": result["prediction_id"], "label": rng.randint(0, 1),
+                                      "ts": int(time.time() * 1000), "source": "client"})
+        assert producer.flush(30) == 0
+        learner = start_learner(env, tmp_path / "learner-2.log")
+        wait_for(lambda: models.meta(models.latest())["labels_learned"] >= 600, 60, "all labels learned")
+        time.sleep(2)  # nothing more may arrive: every label exactly once
+        assert models.meta(models.latest())["labels_learned"] == 600
+    finally:
+        producer.close()
+        learner.terminate()
+        learner.wait(30)
+        service.stop()

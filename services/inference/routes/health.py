@@ -10,7 +10,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "ok"}
 
 

@@ -12,13 +12,9 @@ from fastapi.responses import Response
 from services.inference import metrics
 from services.inference.auth import require_predict
 from services.inference.contracts import PredictRequest, PredictResponse
-from services.inference.predictor import Request as Scored
+from services.inference.fastpath import scored
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_predict)])
-
-
-def _scored(body: PredictRequest) -> Scored:
-    return Scored({"user": body.user_id, "item": body.item_id}, body.context.model_dump(exclude_none=True))
 
 
 def _json(payload: object) -> Response:
@@ -29,7 +25,7 @@ def _json(payload: object) -> Response:
 @router.post("/predict", response_model=PredictResponse, summary="Score one (user, item) pair")
 async def predict(body: PredictRequest, request: Request) -> Response:
     started = time.perf_counter()
-    [result] = await request.app.state.predictor.predict([_scored(body)])
+    [result] = await request.app.state.predictor.predict([scored(body)])
     metrics.LATENCY.labels("predict").observe(time.perf_counter() - started)
     metrics.REQUESTS.labels("predict", "200").inc()
     return _json(result)
@@ -42,8 +38,8 @@ async def predict_batch(request: Request,
     started = time.perf_counter()
     limit = request.app.state.batch_max
     if len(body) > limit:
-        raise HTTPException(422, f"body: a batch holds at most {limit} requests, got {len(body)}; split it")
-    results = await request.app.state.predictor.predict([_scored(b) for b in body])
+        raise HTTPException(422, f"body: a batch holds 1 to {limit} requests, got {len(body)}")
+    results = await request.app.state.predictor.predict([scored(b) for b in body])
     metrics.LATENCY.labels("batch").observe(time.perf_counter() - started)
     metrics.REQUESTS.labels("batch", "200").inc()
     return _json(results)

@@ -1,0 +1,230 @@
+"""Benchmark: inference latency under open-loop constant-rate load from a separate process.
+
+Starts its own Tansu, Redis and registry, seeds online features for U users and I items, stores
+and activates a trained logistic-regression version, starts one inference process, then drives it
+from another process at a fixed rate (requests are sent on schedule whether or not earlier ones
+answered; latency counts from the scheduled time, so queueing is not hidden). Phases: `/healthz` at
+the same rate (the HTTP floor of this machine: the ceiling a predict is compared with), single
+predicts, and batches of 100. Prints one JSON object; goal: p99 <= 10 ms at 1,000 req/s with 0
+errors, batch100 p99 <= 15 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+# --- the load driver (runs in its own process: `serving.py --drive ...`) --------------------------
+async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, key: str) -> dict:
+    import aiohttp
+
+    n = int(rate * duration_s)
+    latencies = np.full(n, np.nan)
+    errors: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=60)
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    method = "GET" if url.endswith("/healthz") else "POST"
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async def one(i: int, due: float) -> None:
+            try:
+                async with session.request(method, url, data=bodies[i % len(bodies)], headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+                        return
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, by kind
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                return
+            latencies[i] = time.perf_counter() - due
+
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(one(i, due)))
+        await asyncio.gather(*tasks)
+        sent_s = time.perf_counter() - start
+    ok = latencies[~np.isnan(latencies)] * 1000.0
+    return {"requests": n, "ok": int(ok.size), "errors": int(n - ok.size), "error_kinds": errors,
+            "achieved_rate": round(n / sent_s, 1),
+            "p50_ms": _q(ok, 50), "p90_ms": _q(ok, 90), "p99_ms": _q(ok, 99), "max_ms": _q(ok, 100)}
+
+
+def _q(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 2) if values.size else None
+
+
+def drive_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url")
+    parser.add_argument("--bodies")
+    parser.add_argument("--rate", type=float)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--key", default="")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines()]
+    print(json.dumps(asyncio.run(_drive(args.url, bodies, args.rate, args.duration, args.key))))
+
+
+def drive(url: str, bodies: Path, rate: float, duration_s: float, key: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--drive", "--url", url, "--bodies", str(bodies),
+                          "--rate", str(rate), "--duration", str(duration_s), "--key", key],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+def seed(redis_url: str, users: int, items: int, rnd: random.Random) -> None:
+    import redis
+
+    from streams.features.keys import encode_value, feature_key
+
+    client = redis.Redis.from_url(redis_url)
+    now = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for u in range(users):
+        pipe.hset(feature_key("user", f"u{u}"), mapping={
+            "clicks_5m": rnd.randint(0, 5), "views_1h": rnd.randint(0, 40), "cart_adds_1h": rnd.randint(0, 4),
+            "purchases_24h": rnd.randint(0, 2), "spend_24h": encode_value(round(rnd.uniform(0, 300), 2)),
+            "avg_price_viewed_1h": encode_value(round(rnd.uniform(0, 100), 2)),
+            "distinct_items_1h": rnd.randint(0, 20), "session_events": rnd.randint(0, 30), "last_event_ts": now,
+            "tier": rnd.choice(["gold", "silver", "basic"]), "country": rnd.choice(["DE", "US", "FR", "JP"]),
+            "account_age_days": rnd.randint(0, 900), "_ts": now})
+        if u % 5000 == 4999:
+            pipe.execute()
+    for i in range(items):
+        views = rnd.randint(1, 500)
+        pipe.hset(feature_key("item", f"i{i}"), mapping={
+            "views_1h": views, "clicks_1h": (clicks := rnd.randint(0, views)),
+            "ctr_1h": encode_value(clicks / views), "purchases_24h": rnd.randint(0, 20),
+            "category": rnd.choice(["books", "garden", "toys", "tech"]),
+            "price": encode_value(round(rnd.uniform(1, 500), 2)), "_ts": now})
+    pipe.execute()
+
+
+def train_and_activate(redis_url: str, model_name: str, users: int, items: int, rnd: random.Random) -> str:
+    """A logistic-regression version learned on 5,000 synthetic vectors, stored and activated."""
+    import redis
+
+    from services.inference.models import build_model
+    from services.inference.store import ModelStore
+    from streams.features.vector import request_values, stored_values
+
+    client = redis.Redis.from_url(redis_url)
+    model = build_model("logreg")
+    for _ in range(5000):
+        u, i = f"u{rnd.randrange(users)}", f"i{rnd.randrange(items)}"
+        x = {**stored_values("user", client.hgetall(f"feat:user:{u}"))[0],
+             **stored_values("item", client.hgetall(f"feat:item:{i}"))[0], **request_values({}, 0)}
+        model.learn_one(x, rnd.random() < 0.1 + 0.2 * float(x["item.ctr_1h"]))
+    store = ModelStore(client, model_name)
+    version = store.save(model, {"kind": "logreg", "labels_learned": 5000})
+    store.activate(version)
+    return version
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--batch-rate", type=float, default=20.0, help="Batch requests per second.")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=10_000)
+    args = parser.parse_args()
+
+    import httpx
+    from feature_flow import start_servers
+
+    from tests.flowkit import provision
+    from tests.servers import free_port, wait_for
+
+    rnd = random.Random(11)
+    work = Path(tempfile.mkdtemp(prefix="streamml-bench-serving-"))
+    tansu, redis_srv, registry, registry_url = start_servers(work)
+    service = None
+    result: dict = {"benchmark": "serving", "users": args.users, "items": args.items, "rate": args.rate,
+                    "duration_s": args.duration, "cpus": os.cpu_count()}
+    try:
+        bootstrap = f"127.0.0.1:{tansu.port}"
+        redis_url = f"redis://127.0.0.1:{redis_srv.port}/0"
+        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
+        provision(bootstrap)
+        seed(redis_url, args.users, args.items, rnd)
+        result["model_version"] = train_and_activate(redis_url, "bench", args.users, args.items, rnd)
+        port = free_port()
+        env = {**os.environ, "STREAMML_HOME": str(work), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "STREAMML_SCHEMA_REGISTRY_URL": registry_url, "STREAMML_REDIS_URL": redis_url,
+               "STREAMML_MODEL_NAME": "bench", "STREAMML_INFERENCE_PORT": str(port),
+               "STREAMML_INFERENCE_API_KEYS": "bench-key", "STREAMML_LOG_LEVEL": "WARNING"}
+        service = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "inference"], cwd=ROOT, env=env,
+                                   stdout=open(work / "inference.log", "ab"), stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/readyz").json()["model_version"] == result["model_version"], 60,
+                 "inference serving the trained version")
+
+        def pair() -> dict:
+            return {"user_id": f"u{rnd.randrange(args.users)}", "item_id": f"i{rnd.randrange(args.items)}",
+                    "context": {"device": rnd.choice(["mobile", "desktop"]), "position": rnd.randrange(10)}}
+
+        singles, batches = work / "singles.jsonl", work / "batches.jsonl"
+        singles.write_text("\n".join(json.dumps(pair()) for _ in range(20_000)))
+        batches.write_text("\n".join(json.dumps([pair() for _ in range(args.batch_size)]) for _ in range(500)))
+
+        drive(f"{base}/v1/predict", singles, args.rate, 5, "bench-key")  # warm-up: connections, caches, JIT-less
+        floor = drive(f"{base}/healthz", singles, args.rate, min(args.duration, 15), "bench-key")
+        single = drive(f"{base}/v1/predict", singles, args.rate, args.duration, "bench-key")
+        batch = drive(f"{base}/v1/predict/batch", batches, args.batch_rate, min(args.duration, 20), "bench-key")
+        ready = httpx.get(f"{base}/readyz").json()
+        result.update({
+            "requests": single["requests"], "achieved_rate": single["achieved_rate"],
+            "p50_ms": single["p50_ms"], "p90_ms": single["p90_ms"], "p99_ms": single["p99_ms"],
+            "max_ms": single["max_ms"], "errors": single["errors"], "error_kinds": single["error_kinds"],
+            "batch_size": args.batch_size, "batch_rate": args.batch_rate, "batch_requests": batch["requests"],
+            "batch100_p50_ms": batch["p50_ms"], "batch100_p99_ms": batch["p99_ms"], "batch100_max_ms": batch["max_ms"],
+            "batch_errors": batch["errors"],
+            "floor_healthz_p50_ms": floor["p50_ms"], "floor_healthz_p99_ms": floor["p99_ms"],
+            "prediction_log": ready["prediction_log"],
+            "goal": {"p99_ms": "<= 10 at 1000 req/s, 0 errors", "batch100_p99_ms": "<= 15"},
+        })
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(30)
+        for proc in (registry,):
+            proc.terminate()
+        tansu.stop()
+        redis_srv.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--drive":
+        drive_main(sys.argv[2:])
+    else:
+        main()
