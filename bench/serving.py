@@ -64,7 +64,9 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
         await asyncio.gather(*tasks)
         sent_s = time.perf_counter() - start
     ok = latencies[~np.isnan(latencies)] * 1000.0
-    return {"requests": n, "ok": int(ok.size), "errors": int(n - ok.size), "error_kinds": errors,
+    slow = np.nonzero(latencies * 1000.0 > 10.0)[0]  # where the tail is: seconds into the run with >10 ms answers
+    seconds, counts = np.unique((slow / rate).astype(int), return_counts=True)
+    return {"slow_by_second": {int(k): int(v) for k, v in zip(seconds, counts)},"requests": n, "ok": int(ok.size), "errors": int(n - ok.size), "error_kinds": errors,
             "achieved_rate": round(n / sent_s, 1),
             "p50_ms": _q(ok, 50), "p90_ms": _q(ok, 90), "p99_ms": _q(ok, 99), "max_ms": _q(ok, 100)}
 
@@ -205,6 +207,7 @@ def main() -> None:
             "requests": single["requests"], "achieved_rate": single["achieved_rate"],
             "p50_ms": single["p50_ms"], "p90_ms": single["p90_ms"], "p99_ms": single["p99_ms"],
             "max_ms": single["max_ms"], "errors": single["errors"], "error_kinds": single["error_kinds"],
+            "slow_by_second": single["slow_by_second"],
             "batch_size": args.batch_size, "batch_rate": args.batch_rate, "batch_requests": batch["requests"],
             "batch100_p50_ms": batch["p50_ms"], "batch100_p99_ms": batch["p99_ms"], "batch100_max_ms": batch["max_ms"],
             "batch_errors": batch["errors"],

@@ -81,10 +81,12 @@ class EventProducer:
 
     # --- publishing -------------------------------------------------------------------------------
     def publish(self, spec: TopicSpec, record: dict[str, Any], key: str | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None, *, wait: bool = True) -> bool:
         """Queue one record; `SchemaError` (naming topic and field) before anything is sent if it does not fit.
 
-        The key defaults to the contract's key of the record (`spec.key_of`), as a UTF-8 string.
+        The key defaults to the contract's key of the record (`spec.key_of`), as a UTF-8 string. While
+        librdkafka's local queue is full it waits for room, or with `wait=False` returns False at once
+        (nothing queued) so a caller that must never block can hold the record itself.
         """
         if self._closed_with is not None:
             raise BrokerError("this EventProducer is closed; create a new one to publish again")
@@ -92,13 +94,15 @@ class EventProducer:
             raise BrokerError(self._fatal)
         value = self.serialize(spec, record)
         key_text = spec.key_of(record) if key is None else key
-        self._produce(spec.name, key_text.encode("utf-8"), value, headers)
+        if not self._produce(spec.name, key_text.encode("utf-8"), value, headers, wait):
+            return False
         counts = self._counts_of(spec.name)
         counts.queued += 1
         counts.bytes += len(value)
         self._since_poll += 1
         if self._since_poll >= _POLL_EVERY:
             self.poll(0)
+        return True
 
     def serialize(self, spec: TopicSpec, record: dict[str, Any]) -> bytes:
         """The framed value of `record`; the registry is asked once per topic for the schema id."""
@@ -213,12 +217,15 @@ class EventProducer:
         except KafkaException as exc:
             raise BrokerError(f"invalid Kafka producer settings: {exc.args[0]}; check STREAMML_KAFKA_*") from exc
 
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None,
+                 wait: bool = True) -> bool:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers)
-                return
+                return True
             except BufferError:  # local queue full: let deliveries free room, then retry (nothing is dropped)
+                if not wait:
+                    return False
                 self.poll(0.05)
             except KafkaException as exc:
                 err = _kafka_error(exc)

@@ -46,6 +46,7 @@ def create_app(settings: InferenceSettings) -> FastAPI | PredictFastPath:
         prediction_log = PredictionLogger(settings, RegistryClient.shared(settings.schema_registry_url),
                                           capacity=settings.inference_log_buffer,
                                           delivery_timeout_ms=settings.inference_log_delivery_timeout_ms)
+        await prediction_log.start()
         app.state.active, app.state.features, app.state.prediction_log = active, features, prediction_log
         app.state.predictor = Predictor(settings.model_name, settings.model_prior, features, active, prediction_log)
         # Latency: move everything built at startup (models, pydantic, FastAPI) out of the cyclic GC's view
@@ -58,7 +59,7 @@ def create_app(settings: InferenceSettings) -> FastAPI | PredictFastPath:
         try:
             yield
         finally:
-            undelivered = prediction_log.close()
+            undelivered = await prediction_log.close()
             active.stop()
             await features.close()
             log.info("inference stopped", undelivered_predictions=undelivered)
