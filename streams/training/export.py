@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from schemas.errors import ReplayError
 from schemas.topics import LABELS, PREDICTIONS, TopicSpec
-from streams.features.definitions import ENTITIES, FEATURES, source_topics
+from streams.features.definitions import ENTITIES, FEATURES, REQUEST_FEATURES, source_topics
 from streams.features.shard import PLANS
 from streams.replay.eventlog import iso, read_event_log
 from streams.replay.frames import as_int, entity_rows, values_as_of
@@ -159,6 +159,15 @@ def point_in_time(settings: FeatureFlowSettings, labelled: pa.Table, on_phase: C
     return features, feature_ts, files
 
 
+def request_columns(labelled: pa.Table) -> dict[str, pa.Array]:
+    """Request-time features exist only in the request: taken as served from the prediction log
+    (exact by construction), the declared default where a prediction did not log one."""
+    served = [json.loads(raw) if raw else {} for raw in labelled.column("_served").to_pylist()] \
+        if "_served" in labelled.column_names else [{}] * labelled.num_rows
+    return {r.qualified: pa.array([row.get(r.qualified, r.default) for row in served], ARROW_TYPES[r.dtype])
+            for r in REQUEST_FEATURES}
+
+
 def skew(labelled: pa.Table, features: dict[str, list[Any]]) -> dict[str, Any]:
     """Per feature, how many rows' exported value differs from the value served for that prediction
     (from the prediction log's `features`): training/serving skew, 0 when both paths agree."""
@@ -210,6 +219,7 @@ def export_training(settings: FeatureFlowSettings, req: ExportRequest,
         columns[f"{entity}.feature_ts"] = pa.array(ts, pa.timestamp("ms", tz="UTC"))
     for f in FEATURES:
         columns[f.qualified] = pa.array(features[f.qualified], ARROW_TYPES[f.dtype])
+    columns.update(request_columns(labelled))
     table = pa.table(columns)
     if req.split == "time":
         names, cuts = split_by_time(times, req.fractions)
@@ -237,7 +247,9 @@ def export_training(settings: FeatureFlowSettings, req: ExportRequest,
         "split": {"method": req.split, "fractions": list(req.fractions), "cuts": [iso(c) for c in cuts]},
         "time_range": {"event_ts_min": iso(int(times.min())), "event_ts_max": iso(int(times.max()))},
         "features": [{"name": f.qualified, "dtype": f.dtype, "default": f.default, "entity": f.entity.name,
-                      "aggregation": f.aggregation.value} for f in FEATURES],
+                      "aggregation": f.aggregation.value} for f in FEATURES]
+        + [{"name": r.qualified, "dtype": r.dtype, "default": r.default, "entity": "request",
+            "aggregation": "as served"} for r in REQUEST_FEATURES],
         "feature_set_hash": hashlib.sha256(json.dumps([repr(f) for f in FEATURES]).encode()).hexdigest()[:16],
         "point_in_time": "each feature from events with event time <= the row's event_ts (ASOF, never later)",
         "sources": {**info, "event_log": files},

@@ -142,13 +142,14 @@ def test_learner_learns_the_signal_and_rollback_restores_old_scores(
     env = serving_env(tmp_path, topics, registry_url, redis_db_url, model, STREAMML_LEARNER_SNAPSHOT_LABELS="500",
                       STREAMML_LEARNER_SNAPSHOT_S="1", STREAMML_LEARNER_LABEL_WAIT_S="60")
     service = Service(env, tmp_path).start()
+    replica = Service(env, tmp_path).start()  # a second serving process: it must follow the same version
     learner = start_learner(env, tmp_path / "learner.log")
     producer = EventProducer({"bootstrap.servers": topics}, RegistryClient(registry_url))
     try:
-        def score_batch(pairs: list[tuple[str, str]]) -> list[dict]:
+        def score_batch(pairs: list[tuple[str, str]], via: Service = service) -> list[dict]:
             out = []
             for start in range(0, len(pairs), 100):
-                resp = service.client.post("/v1/predict/batch", json=[
+                resp = via.client.post("/v1/predict/batch", json=[
                     {"user_id": u, "item_id": i} for u, i in pairs[start:start + 100]])
                 assert resp.status_code == 200, resp.text
                 out += resp.json()
@@ -181,6 +182,11 @@ def test_learner_learns_the_signal_and_rollback_restores_old_scores(
         after = score_batch(probe)
         assert [r["score"] for r in after] == before
         assert {r["model_version"] for r in after} == {first["version"]}
+        wait_for(lambda: replica.client.get("/v1/models").json()["serving"] == first["version"], 10,
+                 "the replica to follow the rollback")
+        # same version, same scores; across processes up to the last bit only: River sums over sets of
+        # feature names, whose order follows each interpreter's hash seed
+        assert [r["score"] for r in score_batch(probe, via=replica)] == pytest.approx(before, rel=1e-12)
 
         # pinned: new snapshots are stored but not activated until the newest is activated again
         _labels(producer, score_batch(probe), probe, users, items, rng)
@@ -194,6 +200,7 @@ def test_learner_learns_the_signal_and_rollback_restores_old_scores(
         learner.terminate()
         assert learner.wait(30) == 0
         service.stop()
+        replica.stop()
 
 
 def test_redis_outage_serves_defaults_flagged_then_recovers(
