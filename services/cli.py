@@ -113,11 +113,12 @@ def _yes(flag: bool) -> str:
 
 
 def _register_subcommands() -> None:
-    from services.commands import export, produce, replay
+    from services.commands import drift, export, produce, replay
 
     produce.register(app)
     replay.register(app)
     export.register(app)
+    drift.register(app)
 
 
 def main() -> None:

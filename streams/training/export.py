@@ -32,7 +32,7 @@ from streams.features.shard import PLANS
 from streams.replay.eventlog import iso, read_event_log
 from streams.replay.frames import as_int, entity_rows, values_as_of
 from streams.replay.topic import TopicRead, topic_records
-from streams.settings import FeatureFlowSettings
+from streams.settings import FeatureFlowSettings, Settings
 from streams.sinks.feature_log import ARROW_TYPES
 from streams.sinks.parquet import write_atomic
 
@@ -48,15 +48,19 @@ class ExportRequest:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 
 
-def _read_source(settings: FeatureFlowSettings, where: str, spec: TopicSpec) -> tuple[pa.Table, list[str]]:
+def read_source(settings: Settings, where: str, spec: TopicSpec) -> tuple[pa.Table, list[str]]:
+    """A topic (`where`="topic", read to its end) or a Parquet file/directory as a table; prediction
+    feature maps are carried as JSON (`features_json`). Also returns what was read, for manifests."""
     if where == "topic":
         read = TopicRead(settings.kafka_config(), settings.schema_registry_url, 0)
         records, _, _ = topic_records(read, spec, windowed=False)
         if spec is PREDICTIONS:  # feature maps mix types: carry them as JSON
             records = [{"prediction_id": r["prediction_id"], "entities": r["entities"], "ts": r["ts"],
-                        "features_json": json.dumps(r["features"])} for r in records]
+                        "features_json": json.dumps(r["features"]), "model": r["model"],
+                        "model_version": r["model_version"], "score": r["score"]} for r in records]
             schema = pa.schema([("prediction_id", pa.string()), ("entities", pa.map_(pa.string(), pa.string())),
-                                ("ts", pa.int64()), ("features_json", pa.string())])
+                                ("ts", pa.int64()), ("features_json", pa.string()), ("model", pa.string()),
+                                ("model_version", pa.string()), ("score", pa.float64())])
         else:
             schema = pa.schema([(n, t) for n, t in (("prediction_id", pa.string()), ("label", pa.int32()),
                                                     ("ts", pa.int64()))])
@@ -73,7 +77,7 @@ def _read_source(settings: FeatureFlowSettings, where: str, spec: TopicSpec) -> 
     return table, files
 
 
-def _require(table: pa.Table, columns: list[str], what: str) -> None:
+def require_columns(table: pa.Table, columns: list[str], what: str) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ReplayError(f"{what} lacks column(s) {', '.join(missing)}; it has {', '.join(table.column_names)}")
@@ -84,16 +88,16 @@ def labelled_events(settings: FeatureFlowSettings, req: ExportRequest) -> tuple[
 
     Labels either name a prediction (joined to the prediction log) or carry the ids and `event_ts`
     themselves (labels from elsewhere)."""
-    labels, label_files = _read_source(settings, req.labels, LABELS)
+    labels, label_files = read_source(settings, req.labels, LABELS)
     info: dict[str, Any] = {"labels": label_files, "labels_read": labels.num_rows}
     id_columns = [f"{e.name}_id" for e in ENTITIES]
     if all(c in labels.column_names for c in id_columns + ["event_ts"]):
-        _require(labels, ["label"], "the labels")
+        require_columns(labels, ["label"], "the labels")
         table = labels.select([c for c in ["prediction_id", "label", "event_ts", *id_columns] if c in labels.column_names])
         return table, info
-    _require(labels, ["prediction_id", "label", "ts"], "the labels")
-    predictions, prediction_files = _read_source(settings, req.predictions, PREDICTIONS)
-    _require(predictions, ["prediction_id", "entities", "ts"], "the prediction log")
+    require_columns(labels, ["prediction_id", "label", "ts"], "the labels")
+    predictions, prediction_files = read_source(settings, req.predictions, PREDICTIONS)
+    require_columns(predictions, ["prediction_id", "entities", "ts"], "the prediction log")
     info["predictions"] = prediction_files
     # last label per prediction (a corrected label replaces the first)
     labels = labels.take(pc.sort_indices(labels, [("ts", "ascending")]))
