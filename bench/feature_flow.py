@@ -68,8 +68,9 @@ def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float 
 
 
 def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int) -> float:
+    """Plain consume + Avro decode of `total` records of the serde's topic: the rate any consumer tops out at."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ceiling", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(CLICKSTREAM.name, p, 0) for p in range(partitions)])
+    consumer.assign([TopicPartition(serde.spec.name, p, 0) for p in range(partitions)])
     n = 0
     started = time.monotonic()
     while n < total:

@@ -24,6 +24,7 @@ PROCESSES = {
     "features": "streams.flows.run:main",
     "inference": "services.inference.main:main",
     "learner": "services.inference.learner:main",
+    "drift": "streams.drift.app:main",
 }
 
 

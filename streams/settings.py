@@ -155,3 +155,16 @@ class FeatureFlowSettings(Settings):
     @property
     def recovery_dir(self) -> Path:
         return self.home / "recovery" / "features"
+
+
+class DriftSettings(Settings):
+    """The drift job (`streamml run drift`): PSI windows over the prediction log."""
+
+    drift_window_s: float = Field(3600.0, gt=0, description="Tumbling event-time window (seconds for demos/tests).")
+    drift_lateness_s: float = Field(300.0, ge=0, description="A window closes this long after its end.")
+    drift_idle_close_s: float = Field(10.0, gt=0, description="No predictions for this long: advance the "
+                                                              "watermark with the wall clock.")
+    drift_alert_windows: int = Field(3, ge=1, description="Critical this many windows in a row = alert.")
+    drift_batch: int = Field(10_000, ge=1, description="Records per batch (faust take_events).")
+    drift_batch_within_s: float = Field(0.5, gt=0)
+    drift_metrics_port: int = Field(9103, ge=0)

@@ -20,7 +20,7 @@ from services.stack.binaries import redis_argv, tansu_argv
 from services.stack.health import http_ok, kafka_ok, port_open, redis_ok, wait_until
 from services.stack.supervisor import ProcessRecord, ProcessSpec, StackError, Supervisor
 from streams.kafka.admin import ensure_topics
-from streams.settings import FeatureFlowSettings, Settings, load_settings
+from streams.settings import DriftSettings, FeatureFlowSettings, Settings, load_settings
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -89,6 +89,11 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
                     health_url=f"http://127.0.0.1:{learner_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{learner_metrics}/metrics"),
         f"http://127.0.0.1:{learner_metrics}/metrics"))
+    drift_metrics = load_settings(DriftSettings).drift_metrics_port
+    out.append(StackProcess(
+        ProcessSpec("drift", _streamml("run", "drift"), env=home, metrics_port=drift_metrics,
+                    health_url=f"http://127.0.0.1:{drift_metrics}/metrics"),
+        lambda: http_ok(f"http://127.0.0.1:{drift_metrics}/metrics"), f"http://127.0.0.1:{drift_metrics}/metrics"))
     if demo:
         out.append(StackProcess(
             ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0",

@@ -32,7 +32,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 @pytest.fixture
 def stack_env(tmp_path: Path):
     kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
-    inference, learner_metrics = free_port(), free_port()
+    inference, learner_metrics, drift_metrics = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -43,6 +43,7 @@ def stack_env(tmp_path: Path):
         "STREAMML_FEATURES_METRICS_PORT": str(flow_metrics),
         "STREAMML_INFERENCE_PORT": str(inference),
         "STREAMML_LEARNER_METRICS_PORT": str(learner_metrics),
+        "STREAMML_DRIFT_METRICS_PORT": str(drift_metrics),
         "COLUMNS": "200",
     }
     yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference}
@@ -66,7 +67,7 @@ def test_up_demo_status_down_round_trip(stack_env):
             break
         time.sleep(1)
     names = {row["name"]: row for row in report["processes"]}
-    assert {"broker", "redis", "registry", "features", "inference", "learner", "loadgen"} <= set(names)
+    assert {"broker", "redis", "registry", "features", "inference", "learner", "drift", "loadgen"} <= set(names)
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
@@ -104,7 +105,7 @@ def test_up_demo_status_down_round_trip(stack_env):
 
     stopped = _cli(env, "down")
     assert stopped.returncode == 0
-    for name in ("broker", "redis", "registry", "features", "inference", "learner", "loadgen"):
+    for name in ("broker", "redis", "registry", "features", "inference", "learner", "drift", "loadgen"):
         assert name in stopped.stdout
     assert not port_open(ports["kafka"]) and not port_open(ports["redis"]) and not port_open(ports["registry"])
     after = json.loads(_cli(env, "status", "--json").stdout)

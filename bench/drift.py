@@ -1,0 +1,136 @@
+"""Benchmark: predictions per second through the drift job, and the delay from window close to metrics.
+
+Starts its own Tansu, Redis and registry, pre-produces N PredictionLog records (with a stored
+reference profile) over W event-time windows, measures the plain consume + Avro decode ceiling of
+the same records in this run, then starts the drift job (`streamml run drift`, one process) and
+times it until every record is counted, then how long after the last window's close (end +
+lateness, advanced by the idle wall clock) its metrics appear. Goal: eps >= 50,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def record(rnd: random.Random, n: int, ts: int) -> dict:
+    return {"prediction_id": f"p{n}", "model": "bench", "model_version": "v1", "entities": {"user": "u", "item": "i"},
+            "features": {"user.views_1h": float(rnd.randint(0, 30)), "user.spend_24h": rnd.uniform(0, 300),
+                         "item.ctr_1h": rnd.random(), "user.tier": rnd.choice(["gold", "silver", "basic"]),
+                         "request.device": rnd.choice(["mobile", "desktop"]), "request.position": float(rnd.randint(0, 9))},
+            "score": rnd.random(), "ts": ts, "latency_ms": 1.0}
+
+
+def outcomes(metrics_url: str) -> dict[str, float]:
+    text = httpx.get(metrics_url, timeout=5).text
+    return {k: float(v) for k, v in re.findall(r'^streamml_drift_records_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def counted(metrics_url: str) -> float:
+    return sum(outcomes(metrics_url).values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--predictions", type=int, default=300_000)
+    parser.add_argument("--windows", type=int, default=6)
+    args = parser.parse_args()
+
+    import redis
+    from confluent_kafka import Producer
+    from feature_flow import ceiling, start_servers
+
+    from schemas.registry import RegistryClient
+    from schemas.serde import TopicSerde
+    from schemas.topics import PREDICTIONS
+    from streams.drift.reference import ProfileStore, profile_of
+    from tests.flowkit import provision
+    from tests.servers import free_port, wait_for
+
+    rnd = random.Random(3)
+    work = Path(tempfile.mkdtemp(prefix="streamml-bench-drift-"))
+    tansu, redis_srv, registry, registry_url = start_servers(work)
+    job = None
+    result: dict = {"benchmark": "drift", "predictions": args.predictions, "windows": args.windows,
+                    "cpus": os.cpu_count()}
+    try:
+        bootstrap = f"127.0.0.1:{tansu.port}"
+        redis_url = f"redis://127.0.0.1:{redis_srv.port}/0"
+        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
+        provision(bootstrap)
+        window_ms = 60_000
+        t0 = int(time.time() * 1000) - (args.windows + 2) * window_ms
+        t0 -= t0 % window_ms
+        ProfileStore(redis.Redis.from_url(redis_url)).save(
+            profile_of("bench", "v1", [record(rnd, i, t0) for i in range(5000)], bins=10))
+        serde = TopicSerde(PREDICTIONS, RegistryClient(registry_url))
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+        per_window = args.predictions // args.windows
+        started = time.perf_counter()
+        for n in range(args.predictions):
+            rec = record(rnd, n, t0 + (n // per_window) * window_ms + rnd.randrange(window_ms))
+            while True:
+                try:
+                    producer.produce(PREDICTIONS.name, key=rec["prediction_id"].encode(), value=serde.serialize(rec))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            if n % 5000 == 0:
+                producer.poll(0)
+        producer.flush(60)
+        result["produce_s"] = round(time.perf_counter() - started, 2)
+        result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.predictions, 4))
+
+        port = free_port()
+        env = {**os.environ, "STREAMML_HOME": str(work), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+               "STREAMML_SCHEMA_REGISTRY_URL": registry_url, "STREAMML_REDIS_URL": redis_url,
+               "STREAMML_DRIFT_WINDOW_S": "60", "STREAMML_DRIFT_LATENESS_S": "5", "STREAMML_DRIFT_IDLE_CLOSE_S": "2",
+               "STREAMML_DRIFT_METRICS_PORT": str(port), "STREAMML_LOG_LEVEL": "WARNING"}
+        launched = time.perf_counter()
+        job = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "drift"], cwd=ROOT, env=env,
+                               stdout=open(work / "drift.log", "ab"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: counted(url) > 0, 120, "the first counted prediction")
+        first = time.perf_counter()
+        wait_for(lambda: counted(url) >= args.predictions, 600, "every prediction counted")
+        done = time.perf_counter()
+        client = redis.Redis.from_url(redis_url)
+        last_end = t0 + args.windows * window_ms
+        wait_for(lambda: client.hget("drift:bench:score", "window_end") == str(last_end).encode(), 120,
+                 "the last window's metrics")
+        emitted = time.perf_counter()
+        result["outcomes"] = outcomes(url)
+        result.update({
+            "startup_s": round(first - launched, 2), "job_s": round(done - first, 2),
+            "eps": round(args.predictions / (done - first)),
+            "close_to_metric_s": round(emitted - done, 2),
+            "close_to_metric_note": "after the last record, the idle wall clock (2 s) closes the last window",
+            "ratio": round(args.predictions / (done - first) / result["ceiling_eps"], 3),
+            "goal": {"eps": ">= 50000"},
+        })
+    finally:
+        if job is not None:
+            job.terminate()
+            job.wait(30)
+        registry.terminate()
+        tansu.stop()
+        redis_srv.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
