@@ -29,7 +29,7 @@ from schemas.serde import TopicSerde
 from schemas.topics import DRIFT_METRICS, PREDICTIONS
 from streams.drift.psi import SustainedAlerts
 from streams.drift.reference import Profile, ProfileStore
-from streams.drift.windows import PartitionState, apply, close_due, window_metrics
+from streams.drift.windows import PartitionState, apply, close_due, window_metrics, window_start
 from streams.kafka.admin import topic_partitions
 from streams.kafka.dlq import DeadLetter, DeadLetterPublisher
 from streams.runtime.logging import get_logger
@@ -120,27 +120,32 @@ class DriftRuntime:
     def process(self, messages: list[tuple[int, int, bytes | None, bytes | None]]) -> dict[str, int]:
         """Count (partition, offset, key, value) records; saves every touched partition's state."""
         by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-        invalid = 0
+        originals: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}  # what a dead letter carries
+        invalid_upto: dict[int, int] = {}
+        totals = {"counted": 0, "late": 0, "unprofiled": 0, "duplicate": 0, "invalid": 0}
         for partition, offset, key, value in messages:
+            if offset <= self.state(partition).high_water:
+                totals["duplicate"] += 1  # re-read after a restart: dead-lettered or counted before
+                continue
             try:
                 record = self.serde.deserialize(value, partition, offset)
             except DecodeError as exc:
                 self.dead_letters.publish(DeadLetter.from_error(exc, key, value))
-                self.state(partition).high_water = max(self.state(partition).high_water, offset)
-                invalid += 1
+                invalid_upto[partition] = max(invalid_upto.get(partition, -1), offset)
+                totals["invalid"] += 1
                 continue
             by_partition.setdefault(partition, []).append((offset, record))
-        totals = {"counted": 0, "late": 0, "unprofiled": 0, "duplicate": 0, "invalid": invalid}
+            originals[(partition, offset)] = (key, value)
         watermark = self.watermark()
         for partition, items in by_partition.items():
             items.sort(key=lambda item: item[0])
             result = apply(self.state(partition), items, window_ms=self.window_ms, lateness_ms=self.lateness_ms,
                            watermark=watermark, profile_of=self.profile)
             for offset, record in result.late:
+                key, value = originals[(partition, offset)]
                 self.dead_letters.publish(DeadLetter(
-                    PREDICTIONS.name, partition, offset, record["prediction_id"].encode(),
-                    self.serde.serialize(record), "late",
-                    f"window {record['ts'] - record['ts'] % self.window_ms} already closed (lateness "
+                    PREDICTIONS.name, partition, offset, key, value, "late",
+                    f"window {window_start(record['ts'], self.window_ms)} already closed (lateness "
                     f"{self.lateness_ms} ms)"))
             for _, record in result.unprofiled:
                 self._warn_unprofiled(record["model"], record["model_version"])
@@ -148,7 +153,10 @@ class DriftRuntime:
             totals["late"] += len(result.late)
             totals["unprofiled"] += len(result.unprofiled)
             totals["duplicate"] += result.duplicates
-        self._save(set(by_partition) | {p for p, *_ in messages})
+        for partition, offset in invalid_upto.items():  # after apply: a bad record must not hide earlier good ones
+            state = self.state(partition)
+            state.high_water = max(state.high_water, offset)
+        self._save({p for p, *_ in messages})
         for outcome, n in totals.items():
             if n:
                 RECORDS.labels(outcome).inc(n)

@@ -25,19 +25,23 @@ def encode_value(value: Any) -> str:
     return str(value)
 
 
+def _parse_int(raw: str | bytes) -> int:
+    try:
+        return int(raw)  # int() and float() take bytes as they are: no decode on the serving path
+    except ValueError:  # written as "3.0": the same value
+        return int(float(raw))
+
+
+def _parse_str(raw: str | bytes) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+PARSERS: dict[str, Any] = {"int": _parse_int, "float": float, "str": _parse_str}  # dtype -> stored text -> value
+
+
 def decode_value(entity: str, name: str, raw: str | bytes) -> Any:
     """Inverse of `encode_value`, typed by the feature's declared dtype."""
-    return decode_typed("int" if name == TS_FIELD else _DTYPES.get((entity, name), "str"), raw)
-
-
-def decode_typed(dtype: str, raw: str | bytes) -> Any:
-    """A stored string (or bytes) as a value of `dtype` ("int", "float" or "str")."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    if dtype == "int":
-        return int(float(text))
-    if dtype == "float":
-        return float(text)
-    return text
+    return PARSERS["int" if name == TS_FIELD else _DTYPES.get((entity, name), "str")](raw)
 
 
 # Namespaces (blue/green rebuilds): `default` is the unprefixed keys above.

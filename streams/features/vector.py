@@ -8,21 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams.features.definitions import ENTITIES, HOUR_MS, REQUEST_FEATURES, features_of
-from streams.features.keys import TS_FIELD
+from streams.features.keys import PARSERS, TS_FIELD
 
 _TS = TS_FIELD.encode()
-
-
-def _int(raw: bytes) -> int:
-    try:
-        return int(raw)
-    except ValueError:  # written as "3.0" by an older writer: same value
-        return int(float(raw))
-
-
-_FROM_BYTES = {"int": _int, "float": float, "str": bytes.decode}  # int()/float() parse bytes directly
+_parse_ts = PARSERS["int"]
 # entity -> ((hash field as bytes, qualified name, parser, default), ...), computed once
-_STORED = {e.name: tuple((f.name.encode(), f.qualified, _FROM_BYTES[f.dtype], f.default) for f in features_of(e))
+_STORED = {e.name: tuple((f.name.encode(), f.qualified, PARSERS[f.dtype], f.default) for f in features_of(e))
            for e in ENTITIES}
 ENTITY_NAMES: tuple[str, ...] = tuple(_STORED)
 
@@ -35,7 +26,7 @@ def stored_values(entity: str, raw: Mapping[bytes, bytes] | None) -> tuple[dict[
         value = raw.get(field_name)
         out[qualified] = default if value is None else parse(value)
     ts = raw.get(_TS)
-    return out, (_int(ts) if ts is not None else None)
+    return out, (_parse_ts(ts) if ts is not None else None)
 
 
 def defaults_of(entity: str) -> dict[str, Any]:
