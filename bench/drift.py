@@ -51,48 +51,32 @@ def main() -> None:
     args = parser.parse_args()
 
     import redis
-    from confluent_kafka import Producer
-    from feature_flow import ceiling, start_servers
+    from feature_flow import ceiling, produce, start_servers
 
     from schemas.registry import RegistryClient
     from schemas.serde import TopicSerde
     from schemas.topics import PREDICTIONS
     from streams.drift.reference import ProfileStore, profile_of
-    from tests.flowkit import provision
     from tests.servers import free_port, wait_for
 
     rnd = random.Random(3)
     work = Path(tempfile.mkdtemp(prefix="streamml-bench-drift-"))
-    tansu, redis_srv, registry, registry_url = start_servers(work)
+    servers = start_servers(work)
     job = None
     result: dict = {"benchmark": "drift", "predictions": args.predictions, "windows": args.windows,
                     "cpus": os.cpu_count()}
     try:
-        bootstrap = f"127.0.0.1:{tansu.port}"
-        redis_url = f"redis://127.0.0.1:{redis_srv.port}/0"
-        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
-        provision(bootstrap)
+        bootstrap, redis_url, registry_url = servers.bootstrap, servers.redis_url(), servers.registry_url
         window_ms = 60_000
         t0 = int(time.time() * 1000) - (args.windows + 2) * window_ms
         t0 -= t0 % window_ms
         ProfileStore(redis.Redis.from_url(redis_url)).save(
             profile_of("bench", "v1", [record(rnd, i, t0) for i in range(5000)], bins=10))
         serde = TopicSerde(PREDICTIONS, RegistryClient(registry_url))
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
         per_window = args.predictions // args.windows
-        started = time.perf_counter()
-        for n in range(args.predictions):
-            rec = record(rnd, n, t0 + (n // per_window) * window_ms + rnd.randrange(window_ms))
-            while True:
-                try:
-                    producer.produce(PREDICTIONS.name, key=rec["prediction_id"].encode(), value=serde.serialize(rec))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            if n % 5000 == 0:
-                producer.poll(0)
-        producer.flush(60)
-        result["produce_s"] = round(time.perf_counter() - started, 2)
+        records = [record(rnd, n, t0 + (n // per_window) * window_ms + rnd.randrange(window_ms))
+                   for n in range(args.predictions)]
+        result["produce_s"] = round(produce(bootstrap, serde, records), 2)
         result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.predictions, 4))
 
         port = free_port()
@@ -126,9 +110,7 @@ def main() -> None:
         if job is not None:
             job.terminate()
             job.wait(30)
-        registry.terminate()
-        tansu.stop()
-        redis_srv.stop()
+        servers.stop()
     print(json.dumps(result))
 
 

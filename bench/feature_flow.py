@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,7 @@ def event(rnd: random.Random, n: int, users: int, items: int, ts: int) -> dict:
 
 
 def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float | None = None) -> float:
+    """Publish `records` to the serde's topic, keyed per the contract (at `rate`/s, or flat out); seconds taken."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 1_000_000})
     started = time.monotonic()
@@ -57,7 +59,7 @@ def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float 
                 time.sleep(ahead)
         while True:
             try:
-                producer.produce(CLICKSTREAM.name, key=record["user_id"].encode(), value=serde.serialize(record))
+                producer.produce(serde.spec.name, key=serde.spec.key_of(record).encode(), value=serde.serialize(record))
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -83,23 +85,46 @@ def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int) -> f
     return total / elapsed
 
 
-def start_servers(work: Path) -> tuple[ServerProcess, ServerProcess, subprocess.Popen, str]:
-    """Tansu, Redis and the registry on free ports under `work`: (tansu, redis, registry, registry url)."""
+@dataclass
+class Servers:
+    """The Tansu, Redis and registry of one benchmark run, on free ports, every contract topic created."""
+
+    tansu: ServerProcess
+    redis: ServerProcess
+    registry: subprocess.Popen
+    registry_url: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.tansu.port}"
+
+    def redis_url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/{db}"
+
+    def stop(self) -> None:
+        self.registry.terminate()
+        self.tansu.stop()
+        self.redis.stop()
+
+
+def start_servers(work: Path, partitions: int = 4) -> Servers:
+    """Start all three under `work`, wait for the registry, create the topics with `partitions` each."""
     tansu, redis_srv = start_tansu(work), start_redis(work)
     reg_port = free_port()
     registry = subprocess.Popen([sys.executable, "-m", "services.registry"], cwd=ROOT,
                                 env={**os.environ, "STREAMML_HOME": str(work / "reg"),
                                      "STREAMML_REGISTRY_PORT": str(reg_port)},
                                 stdout=open(work / "registry.log", "ab"), stderr=subprocess.STDOUT)
-    return tansu, redis_srv, registry, f"http://127.0.0.1:{reg_port}"
+    servers = Servers(tansu, redis_srv, registry, f"http://127.0.0.1:{reg_port}")
+    wait_for(lambda: httpx.get(f"{servers.registry_url}/healthz").status_code == 200, 30, "registry")
+    ensure_topics({"bootstrap.servers": servers.bootstrap}, all_topic_names(), partitions)
+    return servers
 
 
 def preproduce(bootstrap: str, registry_url: str, args: argparse.Namespace
                ) -> tuple[TopicSerde, random.Random, list[dict], dict[str, int], float]:
-    """Topics, then `args.events` clickstream events over the last hour produced as fast as possible.
+    """`args.events` clickstream events over the last hour produced as fast as possible.
     Returns (serde, the generator's random state, records, each user's last event time, produce seconds)."""
-    wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
-    ensure_topics({"bootstrap.servers": bootstrap}, all_topic_names(), args.partitions)
     serde = TopicSerde(CLICKSTREAM, RegistryClient(registry_url))
     rnd = random.Random(1)
     t0 = int(time.time() * 1000) - 3_600_000
@@ -213,8 +238,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
-    tansu, redis_srv, registry, registry_url = start_servers(work)
-    bootstrap = f"127.0.0.1:{tansu.port}"
+    servers = start_servers(work, args.partitions)
+    bootstrap, registry_url = servers.bootstrap, servers.registry_url
     result: dict = {"benchmark": "feature_flow", "events": args.events, "users": args.users,
                     "partitions": args.partitions}
     procs: list[subprocess.Popen] = []
@@ -224,7 +249,7 @@ def main() -> None:
         result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.events, args.partitions))
 
         metrics_port = free_port()
-        env = flow_env(work / "home1", bootstrap, registry_url, f"redis://127.0.0.1:{redis_srv.port}/1", metrics_port)
+        env = flow_env(work / "home1", bootstrap, registry_url, servers.redis_url(1), metrics_port)
         launched = time.monotonic()
         procs = run_flow(env, 1, work / "flow1.log")
         started = wait_first_write(env["STREAMML_REDIS_URL"], 120)
@@ -261,7 +286,7 @@ def main() -> None:
             for r in fresh:
                 last_ts[r["user_id"]] = max(last_ts.get(r["user_id"], 0), r["ts"])
             total = args.events + n_fresh
-            env2 = flow_env(work / "home2", bootstrap, registry_url, f"redis://127.0.0.1:{redis_srv.port}/2", 0)
+            env2 = flow_env(work / "home2", bootstrap, registry_url, servers.redis_url(2), 0)
             procs = run_flow(env2, 2, work / "flow2.log")
             started = wait_first_write(env2["STREAMML_REDIS_URL"], 120)
             ok = wait_reflected(env2["STREAMML_REDIS_URL"], last_ts, 600)
@@ -273,9 +298,7 @@ def main() -> None:
         result["goal"] = {"ratio": ">= 0.5", "freshness_p99_ms": "<= 250"}
     finally:
         stop(procs)
-        registry.terminate()
-        tansu.stop()
-        redis_srv.stop()
+        servers.stop()
     print(json.dumps(result))
 
 

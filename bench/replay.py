@@ -74,15 +74,15 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    tansu, redis_srv, registry, registry_url = start_servers(work)
-    bootstrap = f"127.0.0.1:{tansu.port}"
+    servers = start_servers(work, args.partitions)
+    bootstrap, registry_url = servers.bootstrap, servers.registry_url
     result: dict = {"benchmark": "replay", "events": args.events, "users": args.users, "items": args.items}
     procs: list[subprocess.Popen] = []
     try:
         _, _, records, last_ts, result["produce_s"] = preproduce(bootstrap, registry_url, args)
 
         home = work / "home"
-        redis_url = f"redis://127.0.0.1:{redis_srv.port}/1"
+        redis_url = servers.redis_url(1)
         env = flow_env(home, bootstrap, registry_url, redis_url, free_port(), STREAMML_FEATURES_EPOCH_S="2")
         procs = run_flow(env, 1, work / "flow.log")
         started = wait_first_write(redis_url, 120)
@@ -116,9 +116,7 @@ def main() -> None:
         result["compute_only_eps"] = round(dry.events / (dry.read_s + dry.compute_s))
     finally:
         stop(procs)
-        registry.terminate()
-        tansu.stop()
-        redis_srv.stop()
+        servers.stop()
     print(json.dumps(result))
 
 

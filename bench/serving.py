@@ -177,20 +177,16 @@ def main() -> None:
     import httpx
     from feature_flow import start_servers
 
-    from tests.flowkit import provision
     from tests.servers import free_port, wait_for
 
     rnd = random.Random(11)
     work = Path(tempfile.mkdtemp(prefix="streamml-bench-serving-"))
-    tansu, redis_srv, registry, registry_url = start_servers(work)
+    servers = start_servers(work)
     service = None
     result: dict = {"benchmark": "serving", "users": args.users, "items": args.items, "rate": args.rate,
                     "duration_s": args.duration, "cpus": os.cpu_count()}
     try:
-        bootstrap = f"127.0.0.1:{tansu.port}"
-        redis_url = f"redis://127.0.0.1:{redis_srv.port}/0"
-        wait_for(lambda: httpx.get(f"{registry_url}/healthz").status_code == 200, 30, "registry")
-        provision(bootstrap)
+        bootstrap, redis_url, registry_url = servers.bootstrap, servers.redis_url(), servers.registry_url
         seed(redis_url, args.users, args.items, rnd)
         result["model_version"] = train_and_activate(redis_url, "bench", args.users, args.items, rnd)
         port = free_port()
@@ -234,10 +230,7 @@ def main() -> None:
         if service is not None:
             service.terminate()
             service.wait(30)
-        for proc in (registry,):
-            proc.terminate()
-        tansu.stop()
-        redis_srv.stop()
+        servers.stop()
     print(json.dumps(result))
 
 
