@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -25,6 +26,7 @@ PROCESSES = {
     "inference": "services.inference.main:main",
     "learner": "services.inference.learner:main",
     "drift": "streams.drift.app:main",
+    "ops": "services.ops.main:main",
 }
 
 
@@ -59,7 +61,8 @@ def down() -> None:
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON object.")) -> None:
-    """Each process of the stack (pid, port, alive, ready) and records per topic."""
+    """Processes (pid, port, alive, ready), records per topic, and from the ops service: consumer lag,
+    feature freshness and the latest drift per model."""
     from services.stack.embedded import status as stack_status
     from services.stack.health import kafka_ok
     from streams.kafka.offsets import topic_totals
@@ -69,8 +72,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
     topics: dict[str, int] = {}
     if kafka_ok(settings.kafka_config()):
         topics = topic_totals(settings.kafka_config(), all_topic_names())
+    ops_url = f"http://127.0.0.1:{settings.ops_port}"
+    ops = _ops_summary(ops_url)
     if as_json:
-        print(json.dumps({"home": str(settings.home), "processes": rows, "topics": topics}))
+        print(json.dumps({"home": str(settings.home), "processes": rows, "topics": topics, "ops": ops}))
         return
     table = Table(title="processes")
     for col in ("name", "pid", "port", "metrics", "alive", "ready", "log"):
@@ -88,6 +93,58 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print one JSON ob
         console.print(ttable)
     else:
         console.print(f"broker at {settings.kafka_bootstrap_servers} is not reachable")
+    if ops is None:
+        console.print(f"ops service at {ops_url} is not reachable: no lag, freshness or drift (`streamml up` starts it)")
+        return
+    _print_ops(ops, ops_url)
+
+
+def _ops_summary(url: str) -> dict | None:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/api/summary", timeout=3.0).raise_for_status().json()
+    except httpx.HTTPError:
+        return None
+
+
+def _print_ops(ops: dict, url: str) -> None:
+    lag = Table(title="consumer lag")
+    for col, justify in (("group", "left"), ("partitions", "right"), ("messages behind", "right"),
+                         ("seconds behind", "right")):
+        lag.add_column(col, justify=justify)
+    for g in ops["groups"]:
+        lag.add_row(g["group"], str(g["partitions"]), f"{g['messages']:,}", f"{g['seconds']:.1f}")
+    if ops.get("lag_error"):
+        lag.caption = f"[red]lag probe failed: {ops['lag_error']}[/]"
+    console.print(lag)
+    fresh = ops.get("freshness_ms") or {}
+    shown = ", ".join(f"{k} {v:.0f} ms" for k, v in fresh.items() if v is not None)
+    console.print(f"feature freshness (last minute): {shown or 'no writes yet'}")
+    drift = Table(title="latest drift per model (PSI of the last closed window)")
+    for col in ("model", "version", "features", "max PSI", "alerts"):
+        drift.add_column(col)
+    models: dict[tuple, list[dict]] = {}
+    for row in ops["drift"]:
+        models.setdefault((row["model"], row["version"]), []).append(row)
+    for (model, version), rows in sorted(models.items()):
+        worst = max(rows, key=lambda r: r["psi"])
+        alerts = [r["feature"] for r in rows if r["alert"]]
+        drift.add_row(model, version, str(len(rows)), f"{worst['psi']:.3f} ({worst['feature']})",
+                      f"[red]{', '.join(alerts)}[/]" if alerts else "none")
+    if not models:
+        drift.caption = "no window closed yet"
+    console.print(drift)
+    console.print(f"dashboard: {url}/dashboard")
+
+
+@app.command()
+def dashboards(out: Path = typer.Option(Path("deploy/grafana/dashboards"), help="Directory for the JSON files.")) -> None:
+    """Write the Grafana dashboards generated from the ops views (what deploy/grafana provisions)."""
+    from services.ops.grafana import write_all
+
+    for path in write_all(out):
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -94,6 +94,11 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
         ProcessSpec("drift", _streamml("run", "drift"), env=home, metrics_port=drift_metrics,
                     health_url=f"http://127.0.0.1:{drift_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{drift_metrics}/metrics"), f"http://127.0.0.1:{drift_metrics}/metrics"))
+    ops = settings.ops_port
+    out.append(StackProcess(
+        ProcessSpec("ops", _streamml("run", "ops"), port=ops, env=home, metrics_port=ops,
+                    health_url=f"http://127.0.0.1:{ops}/healthz"),
+        lambda: http_ok(f"http://127.0.0.1:{ops}/healthz"), f"http://127.0.0.1:{ops}/dashboard"))
     if demo:
         out.append(StackProcess(
             ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0",

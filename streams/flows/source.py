@@ -2,8 +2,10 @@
 
 Each poll becomes one `SourceBatch` (decoded events, dead letters), so the rest of the dataflow pays
 Bytewax's per-item cost once per batch, not per event. Lateness is decided here, per source
-partition, in offset order, so the decision is the same on every run and in replay. At each
-snapshot the position is also committed to a consumer group, so standard lag tools see the flow.
+partition, in offset order, so the decision is the same on every run and in replay. The read
+position is also committed to the `streamml-features` group (about once a second and at each
+snapshot), so the ops lag exporter and standard lag tools see the flow; the recovery store, not
+the group, is what a restart resumes from.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class SourceConfig:
     lateness_ms: int
     group_id: str = "streamml-features"
     batch_size: int = 5000
+    publish_position_s: float = 1.0
 
 
 class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
@@ -73,6 +76,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         self._position = metrics.POSITION.labels(*self._labels)
         self._high_watermark = metrics.HIGH_WATERMARK.labels(*self._labels)
         self._tp = TopicPartition(spec.name, partition)
+        self._published_at, self._published = 0.0, -1
 
     def next_batch(self) -> list[SourceBatch]:
         msgs = self._consumer.consume(self._config.batch_size, 0.005)
@@ -81,6 +85,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         except Exception:
             pass
         if not msgs:
+            self._publish_position(False)
             return []
         batch = SourceBatch(self._spec.name, self._partition, ingest_ms=int(time.time() * 1000))
         now_ms = batch.ingest_ms
@@ -137,15 +142,25 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
             metrics.LATE_EVENTS.labels(self._spec.name).inc(len(batch.late))
         if high is not None:
             metrics.EVENT_TIME_WATERMARK.labels(*self._labels).set(high / 1000)
+        self._publish_position(False)
         return [batch]
 
+    def _publish_position(self, now: bool) -> None:
+        """Commit the read position to the group for lag tools; best effort, the recovery store is the truth."""
+        clock = time.monotonic()
+        if self._offset < 0 or self._offset == self._published:
+            return
+        if not now and clock - self._published_at < self._config.publish_position_s:
+            return
+        self._published_at, self._published = clock, self._offset
+        try:
+            self._consumer.commit(offsets=[TopicPartition(self._spec.name, self._partition, self._offset)],
+                                  asynchronous=True)
+        except Exception:
+            pass
+
     def snapshot(self) -> tuple[int, int | None]:
-        if self._offset >= 0:
-            try:  # publish the position for lag tools; best effort, the recovery store is the truth
-                self._consumer.commit(offsets=[TopicPartition(self._spec.name, self._partition, self._offset)],
-                                      asynchronous=True)
-            except Exception:
-                pass
+        self._publish_position(True)
         return self._offset, self._high_ts
 
     def close(self) -> None:
