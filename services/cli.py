@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +19,8 @@ from streams.settings import load_settings
 app = typer.Typer(help="streamml: streaming ML features, serving and drift.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console()
+
+GRAFANA_DASHBOARDS = Path("deploy/grafana/dashboards")
 
 # process name -> "module:function" run by `streamml run NAME` (the stack launches these).
 PROCESSES = {
@@ -139,7 +142,7 @@ def _print_ops(ops: dict, url: str) -> None:
 
 
 @app.command()
-def dashboards(out: Path = typer.Option(Path("deploy/grafana/dashboards"), help="Directory for the JSON files.")) -> None:
+def dashboards(out: Annotated[Path, typer.Option(help="Directory for the JSON files.")] = GRAFANA_DASHBOARDS) -> None:
     """Write the Grafana dashboards generated from the ops views (what deploy/grafana provisions)."""
     from services.ops.grafana import write_all
 

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     registry_port: int = 8081
     inference_port: int = 8000
     ops_port: int = 8001
+    metrics_host: str = Field("127.0.0.1", description="Interface the /metrics servers bind (0.0.0.0 in containers).")
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     kafka_client: dict[str, str] = Field(

@@ -226,7 +226,7 @@ def main() -> None:
     settings = load_settings(LearnerSettings)
     log_ = configure_logging("learner", settings.log_level, settings.log_format)
     shutdown = Shutdown()
-    port = serve_metrics(settings.learner_metrics_port)
+    port = serve_metrics(settings.learner_metrics_port, settings.metrics_host)
     log_.info("learner starting", model=settings.model_name, kind=settings.model_kind, metrics_port=port,
               settings=settings.redacted())
     Learner(settings).run(shutdown)

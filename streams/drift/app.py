@@ -59,7 +59,7 @@ def _highwater(app: faust.App, partition: int) -> int | None:
 def main() -> None:
     settings = load_settings(DriftSettings)
     log = configure_logging("drift", settings.log_level, settings.log_format)
-    port = serve_metrics(settings.drift_metrics_port)
+    port = serve_metrics(settings.drift_metrics_port, settings.metrics_host)
     log.info("drift job starting", window_s=settings.drift_window_s, lateness_s=settings.drift_lateness_s,
              metrics_port=port, settings=settings.redacted())
     runtime = DriftRuntime(settings)

@@ -38,7 +38,7 @@ def recovery_config(settings: FeatureFlowSettings) -> RecoveryConfig | None:
 def main() -> None:
     settings = load_settings(FeatureFlowSettings)
     log = configure_logging("features", settings.log_level, settings.log_format)
-    port = serve_metrics(settings.features_metrics_port)
+    port = serve_metrics(settings.features_metrics_port, settings.metrics_host)
     signal.signal(signal.SIGTERM, _stop)
     addresses = settings.features_addresses.split(";") if settings.features_addresses else None
     log.info("feature flow starting", metrics_port=port, settings=settings.redacted())

@@ -24,6 +24,7 @@ def test_compose_has_the_production_like_services():
 
 def _all_settings_fields() -> set[str]:
     import services.inference.settings  # noqa: F401  (registers its Settings subclasses)
+    import services.ops.settings  # noqa: F401
     import services.registry.settings  # noqa: F401
 
     kinds, names = [Settings], set()
