@@ -15,7 +15,15 @@ from services.ops import metrics
 from services.ops.history import History, SeriesKey, series_key
 from services.ops.scrape import fetch, parse, stack_targets
 from services.ops.settings import OpsSettings
-from services.ops.views import DRIFT_ALERTS, FRESHNESS, LAG_MESSAGES, LAG_SECONDS, PSI, TARGET_UP, sample_names
+from services.ops.views import (
+    DRIFT_ALERTS,
+    FRESHNESS,
+    LAG_MESSAGES,
+    LAG_SECONDS,
+    PSI,
+    TARGET_UP,
+    sample_names,
+)
 from services.stack.supervisor import Supervisor
 from streams.kafka.lag import LagProbe, PartitionLag
 
