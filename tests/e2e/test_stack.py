@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,12 +18,15 @@ from confluent_kafka import Consumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.topics import CLICKSTREAM
+from tests.browser import render
 from tests.conftest import FAST_GROUP
-from tests.servers import free_port, port_open
+from tests.servers import free_port, port_open, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ARTIFACTS = Path(os.environ.get("STREAMML_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts"))
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -32,7 +37,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 @pytest.fixture
 def stack_env(tmp_path: Path):
     kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
-    inference, learner_metrics, drift_metrics = free_port(), free_port(), free_port()
+    inference, learner_metrics, drift_metrics, ops = free_port(), free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -44,9 +49,11 @@ def stack_env(tmp_path: Path):
         "STREAMML_INFERENCE_PORT": str(inference),
         "STREAMML_LEARNER_METRICS_PORT": str(learner_metrics),
         "STREAMML_DRIFT_METRICS_PORT": str(drift_metrics),
+        "STREAMML_OPS_PORT": str(ops),
+        "STREAMML_OPS_INTERVAL_S": "1",
         "COLUMNS": "200",
     }
-    yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference}
+    yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference, "ops": ops}
     _cli(env, "down")
 
 
@@ -67,7 +74,7 @@ def test_up_demo_status_down_round_trip(stack_env):
             break
         time.sleep(1)
     names = {row["name"]: row for row in report["processes"]}
-    assert {"broker", "redis", "registry", "features", "inference", "learner", "drift", "loadgen"} <= set(names)
+    assert {"broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen"} <= set(names)
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
@@ -103,13 +110,62 @@ def test_up_demo_status_down_round_trip(stack_env):
     assert answer.status_code == 200, answer.text
     assert answer.json()["feature_age_ms"] is not None
 
+    _check_ops(env, f"http://127.0.0.1:{ports['ops']}", names["features"]["pid"])
+
     stopped = _cli(env, "down")
     assert stopped.returncode == 0
-    for name in ("broker", "redis", "registry", "features", "inference", "learner", "drift", "loadgen"):
+    for name in ("broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen"):
         assert name in stopped.stdout
     assert not port_open(ports["kafka"]) and not port_open(ports["redis"]) and not port_open(ports["registry"])
     after = json.loads(_cli(env, "status", "--json").stdout)
     assert after["processes"] == []
+
+
+def _flow_lag(ops: str) -> tuple[float, float] | None:
+    """(messages, seconds) behind for the feature flow's group, from the ops service's /metrics."""
+    messages = seconds = None
+    for family in text_string_to_metric_families(httpx.get(f"{ops}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.labels.get("group") != "streamml-features":
+                continue
+            if sample.name == "streamml_kafka_consumer_lag_messages":
+                messages = (messages or 0) + sample.value
+            elif sample.name == "streamml_kafka_consumer_lag_seconds":
+                seconds = max(seconds or 0, sample.value)
+    return None if messages is None else (messages, seconds)
+
+
+def _check_ops(env: dict, ops: str, flow_pid: int) -> None:
+    """Lag, freshness and the dashboard with live data; a stopped flow's lag grows within seconds."""
+    wait_for(lambda: _flow_lag(ops) is not None, 60, "the flow's lag in ops /metrics")
+    report = json.loads(_cli(env, "status", "--json").stdout)["ops"]
+    assert "streamml-features" in {g["group"] for g in report["groups"]}, report
+    wait_for(lambda: httpx.get(f"{ops}/api/summary").json()["freshness_ms"].get("p99") is not None, 60,
+             "freshness in the ops summary")
+    table = _cli(env, "status").stdout
+    assert "consumer lag" in table and "streamml-features" in table and "feature freshness" in table
+
+    dom = render(f"{ops}/dashboard?minutes=15", ARTIFACTS / "dashboard-live.png")
+    points = {re.search(r'data-panel="([^"]+)"', tag).group(1): re.search(r'data-points="(\d+)"', tag).group(1)
+              for tag in re.findall(r"<[^>]*data-panel=[^>]*>", dom) if "data-points" in tag}
+    assert int(points.get("pipeline.events", 0)) > 0 and int(points.get("pipeline.lag_messages", 0)) > 0, points
+    assert int(points.get("serving.requests", 0)) > 0, points
+    assert 'data-error' not in dom.split("<body", 1)[1].split(">", 1)[0]
+
+    before = _flow_lag(ops)
+    os.kill(flow_pid, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        wait_for(lambda: (lag := _flow_lag(ops)) is not None and lag[1] > before[1] + 5 and lag[0] > before[0],
+                 30, "the stopped flow's lag to grow")
+        grew_within = time.monotonic() - stopped_at
+        views = httpx.get(f"{ops}/api/views", params={"minutes": 5}).json()
+        panel = next(p for v in views["views"] for p in v["panels"] if p["id"] == "pipeline.lag_seconds")
+        flow = next(s for s in panel["series"] if s["label"] == "streamml-features")
+        assert flow["values"][-1] > 5
+        assert grew_within < 20
+    finally:
+        os.kill(flow_pid, signal.SIGCONT)
 
 
 def test_up_refuses_a_port_taken_by_a_foreign_process(stack_env):
