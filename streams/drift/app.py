@@ -7,6 +7,7 @@ from faust.types import TP
 
 from schemas.topics import PREDICTIONS
 from streams.drift.job import DriftRuntime
+from streams.kafka.security import faust_credentials
 from streams.runtime.lifecycle import serve_metrics
 from streams.runtime.logging import configure_logging
 from streams.settings import DriftSettings, load_settings
@@ -33,6 +34,7 @@ def build_app(settings: DriftSettings, runtime: DriftRuntime) -> faust.App:
         producer_acks=-1,
         broker_max_poll_records=settings.drift_batch,
         stream_buffer_maxsize=4 * settings.drift_batch,
+        broker_credentials=faust_credentials(settings.kafka_client),
     )
     topic = app.topic(PREDICTIONS.name, key_serializer="raw", value_serializer="raw")
 
