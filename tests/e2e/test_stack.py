@@ -21,12 +21,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.topics import CLICKSTREAM
-from tests.browser import render
+from tests.browser import artifacts_dir, render
 from tests.conftest import FAST_GROUP
 from tests.servers import free_port, port_open, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-ARTIFACTS = Path(os.environ.get("STREAMML_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".artifacts"))
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -145,7 +144,7 @@ def _check_ops(env: dict, ops: str, flow_pid: int) -> None:
     table = _cli(env, "status").stdout
     assert "consumer lag" in table and "streamml-features" in table and "feature freshness" in table
 
-    dom = render(f"{ops}/dashboard?minutes=15", ARTIFACTS / "dashboard-live.png")
+    dom = render(f"{ops}/dashboard?minutes=15", artifacts_dir() / "dashboard-live.png")
     points = {re.search(r'data-panel="([^"]+)"', tag).group(1): re.search(r'data-points="(\d+)"', tag).group(1)
               for tag in re.findall(r"<[^>]*data-panel=[^>]*>", dom) if "data-points" in tag}
     assert int(points.get("pipeline.events", 0)) > 0 and int(points.get("pipeline.lag_messages", 0)) > 0, points
