@@ -169,3 +169,6 @@ class DriftSettings(Settings):
     drift_batch: int = Field(10_000, ge=1, description="Records per batch (faust take_events).")
     drift_batch_within_s: float = Field(0.5, gt=0)
     drift_metrics_port: int = Field(9103, ge=0)
+    drift_reference_windows: int = Field(
+        0, ge=0, description="K > 0: a model version with no frozen reference uses its own first K windows.")
+    drift_reference_sample: int = Field(20_000, ge=100, description="Rows sampled for an automatic reference.")

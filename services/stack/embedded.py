@@ -91,7 +91,8 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
         f"http://127.0.0.1:{learner_metrics}/metrics"))
     drift_metrics = load_settings(DriftSettings).drift_metrics_port
     out.append(StackProcess(
-        ProcessSpec("drift", _streamml("run", "drift"), env=home, metrics_port=drift_metrics,
+        ProcessSpec("drift", _streamml("run", "drift"), env={**home, **_demo_drift_env(demo)},
+                    metrics_port=drift_metrics,
                     health_url=f"http://127.0.0.1:{drift_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{drift_metrics}/metrics"), f"http://127.0.0.1:{drift_metrics}/metrics"))
     ops = settings.ops_port
@@ -105,6 +106,15 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
                                              "--predict-url", f"http://127.0.0.1:{port}"), env=home),
             lambda: True, f"{demo_rate:g} events/s"))
     return out
+
+
+def _demo_drift_env(demo: bool) -> dict[str, str]:
+    """The demo shows PSI within minutes: 1-minute windows, the first 2 as the reference (unless set)."""
+    if not demo:
+        return {}
+    wanted = {"STREAMML_DRIFT_WINDOW_S": "60", "STREAMML_DRIFT_LATENESS_S": "10",
+              "STREAMML_DRIFT_REFERENCE_WINDOWS": "2"}
+    return {k: os.environ.get(k, v) for k, v in wanted.items()}
 
 
 def _inference_env(settings: Settings) -> dict[str, str]:

@@ -27,6 +27,7 @@ from schemas.errors import DecodeError
 from schemas.registry import RegistryClient
 from schemas.serde import TopicSerde
 from schemas.topics import DRIFT_METRICS, PREDICTIONS
+from streams.drift.autoref import FirstWindows, is_automatic
 from streams.drift.psi import SustainedAlerts
 from streams.drift.reference import Profile, ProfileStore
 from streams.drift.windows import PartitionState, apply, close_due, window_metrics, window_start
@@ -38,7 +39,8 @@ from streams.settings import DriftSettings
 log = get_logger(__name__)
 
 RECORDS = Counter("streamml_drift_records_total", "Prediction log records by outcome: counted, late, "
-                  "unprofiled (no reference yet), duplicate (re-read after restart), invalid.", ["outcome"])
+                  "unprofiled (no reference yet), duplicate (re-read after restart), invalid, reference (sampled for an "
+                  "automatic reference).", ["outcome"])
 PSI = Gauge("streamml_drift_psi_ratio", "PSI of the latest closed window.", ["model", "version", "feature"])
 ALERT = Gauge("streamml_drift_alert", "1 while critical for N consecutive windows.", ["model", "version", "feature"])
 WINDOWS = Counter("streamml_drift_windows_closed_total", "Windows closed.", ["model", "version"])
@@ -88,6 +90,9 @@ class DriftRuntime:
         for partition in range(partitions.get(PREDICTIONS.name, 0)):
             self.state(partition)  # every partition's saved state, so each holds the watermark from the start
         self._warned: set[tuple[str, str]] = set()
+        self.first_windows = FirstWindows(
+            self.redis, self.profiles, windows=settings.drift_reference_windows, window_ms=self.window_ms,
+            sample_max=settings.drift_reference_sample) if settings.drift_reference_windows else None
 
     # --- counting -----------------------------------------------------------------------------------
     def watermark(self) -> int:
@@ -122,7 +127,7 @@ class DriftRuntime:
         by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         originals: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}  # what a dead letter carries
         invalid_upto: dict[int, int] = {}
-        totals = {"counted": 0, "late": 0, "unprofiled": 0, "duplicate": 0, "invalid": 0}
+        totals = {"counted": 0, "late": 0, "unprofiled": 0, "duplicate": 0, "invalid": 0, "reference": 0}
         for partition, offset, key, value in messages:
             if offset <= self.state(partition).high_water:
                 totals["duplicate"] += 1  # re-read after a restart: dead-lettered or counted before
@@ -139,6 +144,10 @@ class DriftRuntime:
         watermark = self.watermark()
         for partition, items in by_partition.items():
             items.sort(key=lambda item: item[0])
+            items, referenced = self._reference_period(items)
+            if referenced:
+                totals["reference"] += len(referenced)
+                invalid_upto[partition] = max(invalid_upto.get(partition, -1), max(referenced))
             result = apply(self.state(partition), items, window_ms=self.window_ms, lateness_ms=self.lateness_ms,
                            watermark=watermark, profile_of=self.profile)
             for offset, record in result.late:
@@ -153,7 +162,8 @@ class DriftRuntime:
             totals["late"] += len(result.late)
             totals["unprofiled"] += len(result.unprofiled)
             totals["duplicate"] += result.duplicates
-        for partition, offset in invalid_upto.items():  # after apply: a bad record must not hide earlier good ones
+        # after apply: a bad (or reference-period) record must not hide earlier good ones
+        for partition, offset in invalid_upto.items():
             state = self.state(partition)
             state.high_water = max(state.high_water, offset)
         self._save({p for p, *_ in messages})
@@ -168,6 +178,32 @@ class DriftRuntime:
             for partition in by_partition:
                 self._seen_s[partition] = self._last_record_s
         return totals
+
+    def _reference_period(self, items: list[tuple[int, dict[str, Any]]]
+                          ) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+        """Split off the records that belong to an automatic reference period (sampled, not measured):
+        returns (the records to measure, the offsets of those taken for the reference)."""
+        if self.first_windows is None:
+            return items, []
+        pending = [(o, r) for o, r in items if self.profile(r["model"], r["model_version"]) is None]
+        taken_offsets: set[int] = set()
+        if pending:
+            taken, built = self.first_windows.take([r for _, r in pending])
+            for profile in built:
+                self._profiles[(profile.model, profile.model_version)] = (time.monotonic(), profile)
+                log.info("automatic reference built", model=profile.model, version=profile.model_version,
+                         source=profile.source)
+            taken_offsets = {o for (o, _), took in zip(pending, taken, strict=True) if took}
+        keep, referenced = [], []
+        for offset, record in items:
+            profile = self.profile(record["model"], record["model_version"])
+            in_period = offset in taken_offsets or (
+                profile is not None and is_automatic(profile) and record["ts"] < (profile.until_ms or 0))
+            if in_period:
+                referenced.append(offset)
+            else:
+                keep.append((offset, record))
+        return keep, referenced
 
     def profile(self, model: str, version: str) -> Profile | None:
         """The stored reference of a model version (re-checked every 10 s while there is none)."""

@@ -94,3 +94,48 @@ def test_drift_job_survives_sigkill_and_matches_the_oracle(fresh_kafka, registry
 
 def _metrics(bootstrap: str, registry_url: str) -> list[dict]:
     return [r for _p, _o, _t, r, _raw in read_back(bootstrap, registry_url, [DRIFT_METRICS], 10**9, timeout_s=2) if r]
+
+
+def test_first_k_windows_become_the_reference_when_none_was_frozen(fresh_kafka, registry_url, redis_db_url,
+                                                                     tmp_path):
+    from streams.drift.reference import profile_of
+
+    provision(fresh_kafka)
+    rng = random.Random(9)
+    windows = [[_prediction(rng, k * 1000 + j, T0 + k * W + rng.randrange(W), 0.25 if k >= 4 else 0.0)
+                for j in range(300)] for k in range(6)]
+    env = flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url, STREAMML_DRIFT_WINDOW_S="60",
+                   STREAMML_DRIFT_LATENESS_S="5", STREAMML_DRIFT_IDLE_CLOSE_S="3", STREAMML_DRIFT_METRICS_PORT="0",
+                   STREAMML_DRIFT_BATCH="200", STREAMML_DRIFT_BATCH_WITHIN_S="0.2",
+                   STREAMML_DRIFT_REFERENCE_WINDOWS="2")
+    client = redis_lib.Redis.from_url(redis_db_url)
+    job = _start(env, tmp_path / "drift.log")
+    try:
+        publish(fresh_kafka, registry_url, [(PREDICTIONS, r) for w in windows[:2] for r in sorted(w, key=lambda r: r["ts"])])
+        wait_for(lambda: client.llen("drift:autoref:m:v1:rows") == 600, 60, "the reference sample")
+        publish(fresh_kafka, registry_url, [(PREDICTIONS, r) for w in windows[2:] for r in sorted(w, key=lambda r: r["ts"])])
+        wait_for(lambda: len({(m["window_start"], m["feature"]) for m in _metrics(fresh_kafka, registry_url)})
+                 >= 4 * 3, 90, "metrics of the 4 windows after the reference")
+    finally:
+        job.terminate()
+        job.wait(30)
+
+    profile = ProfileStore(client).load("m", "v1")
+    assert profile is not None and profile.source.startswith("first 2 windows") and profile.rows == 600
+    oracle = profile_of("m", "v1", [r for w in windows[:2] for r in w])
+    assert profile.bins.keys() == oracle.bins.keys()
+    for name, bins in profile.bins.items():  # equal up to float summation order (mean, std)
+        got, want = bins.to_dict(), oracle.bins[name].to_dict()
+        assert got.keys() == want.keys()
+        for field, value in got.items():
+            assert (value == want[field] if value is None or isinstance(value, (str, dict))
+                    else value == pytest.approx(want[field])), (name, field)
+    assert not client.exists("drift:autoref:m:v1", "drift:autoref:m:v1:rows")
+    latest = {(m["window_start"], m["feature"]): m for m in _metrics(fresh_kafka, registry_url)}
+    assert {start for start, _ in latest} == {T0 + k * W for k in range(2, 6)}  # reference windows not measured
+    for (start, feature), metric in latest.items():
+        rows = windows[(start - T0) // W]
+        values = [r["score"] if feature == SCORE else r["features"][feature] for r in rows]
+        assert metric["n"] == len(rows)
+        assert abs(metric["psi"] - psi(profile.bins[feature].expected, histogram(profile.bins[feature], values))) < 1e-9
+    assert [latest[(T0 + k * W, SCORE)]["severity"] == "critical" for k in range(2, 6)] == [False, False, True, True]
