@@ -85,7 +85,7 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
         lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), f"http://127.0.0.1:{port}/docs"))
     learner_metrics = load_settings(LearnerSettings).learner_metrics_port
     out.append(StackProcess(
-        ProcessSpec("learner", _streamml("run", "learner"), env=home, metrics_port=learner_metrics,
+        ProcessSpec("learner", _streamml("run", "learner"), env={**home, **_demo_drift_env(demo)}, metrics_port=learner_metrics,
                     health_url=f"http://127.0.0.1:{learner_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{learner_metrics}/metrics"),
         f"http://127.0.0.1:{learner_metrics}/metrics"))
@@ -109,11 +109,12 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
 
 
 def _demo_drift_env(demo: bool) -> dict[str, str]:
-    """The demo shows PSI within minutes: 1-minute windows, the first 2 as the reference (unless set)."""
+    """The demo shows PSI within minutes: 20 s windows, each model version's first 2 as its reference, and
+    a new version every 2 minutes rather than every minute (anything set explicitly wins)."""
     if not demo:
         return {}
-    wanted = {"STREAMML_DRIFT_WINDOW_S": "60", "STREAMML_DRIFT_LATENESS_S": "10",
-              "STREAMML_DRIFT_REFERENCE_WINDOWS": "2"}
+    wanted = {"STREAMML_DRIFT_WINDOW_S": "20", "STREAMML_DRIFT_LATENESS_S": "5",
+              "STREAMML_DRIFT_REFERENCE_WINDOWS": "2", "STREAMML_LEARNER_SNAPSHOT_S": "120"}
     return {k: os.environ.get(k, v) for k, v in wanted.items()}
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from schemas.errors import DecodeError
 from schemas.topics import dlq_topic
@@ -23,6 +23,7 @@ H_PARTITION = "streamml.source.partition"
 H_OFFSET = "streamml.source.offset"
 H_TIMESTAMP = "streamml.source.timestamp"
 H_FAILED_AT = "streamml.error.at"
+H_DROPPED = "streamml.error.dropped"  # "value" or "key,value": bytes too big for the DLQ, left out
 _MAX_DETAIL = 1000
 
 
@@ -67,9 +68,19 @@ class DeadLetterPublisher:
         self._on_sent = on_sent
 
     def publish(self, letter: DeadLetter) -> None:
-        self._producer.produce(
-            dlq_topic(letter.topic), key=letter.key, value=letter.value, headers=letter.headers()
-        )
+        headers = letter.headers()
+        # A record near the size limit no longer fits once the headers are added: rather than stop the
+        # flow (and again on every restart), dead-letter it without its bytes; position headers still
+        # say where to re-read it.
+        for key, value, dropped in ((letter.key, letter.value, None), (letter.key, None, "value"),
+                                    (None, None, "key,value")):
+            extra = [] if dropped is None else [(H_DROPPED, dropped.encode())]
+            try:
+                self._producer.produce(dlq_topic(letter.topic), key=key, value=value, headers=[*headers, *extra])
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dropped == "key,value":
+                    raise
         self._producer.poll(0)
         if self._on_sent is not None:
             self._on_sent(letter)
