@@ -21,8 +21,9 @@ from streams.drift.psi import Bins, categorical_bins, numeric_bins
 from streams.features.definitions import FEATURES, REQUEST_FEATURES
 
 SCORE = "score"  # the model's output is profiled like a numeric feature under this name
-DTYPES: dict[str, str] = {**{f.qualified: f.dtype for f in FEATURES}, **{r.qualified: r.dtype for r in REQUEST_FEATURES},
-                          SCORE: "float"}
+# what drift watches: the score and every model input (not e.g. `last_event_ts`, a clock that always "drifts")
+DTYPES: dict[str, str] = {**{f.qualified: f.dtype for f in FEATURES if f.model_input},
+                          **{r.qualified: r.dtype for r in REQUEST_FEATURES}, SCORE: "float"}
 
 
 def reference_key(model: str, version: str) -> str:
