@@ -10,6 +10,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,9 +32,9 @@ from streams.runtime.logging import get_logger
 log = get_logger("inference")
 
 
-def create_app(settings: InferenceSettings) -> FastAPI | PredictFastPath:
-    """The inference API configured by `settings` (behind the predict fast path unless it is turned off);
-    clients start with the app's lifespan."""
+def create_app(settings: InferenceSettings) -> PredictFastPath:
+    """The inference API configured by `settings` behind the predict fast path (which, turned off, still
+    enforces the key, JSON and body-size limits); clients start with the app's lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,7 +72,7 @@ def create_app(settings: InferenceSettings) -> FastAPI | PredictFastPath:
     for module in (predict, models, health):
         app.include_router(module.router)
     _install_error_handlers(app)
-    return PredictFastPath(app) if settings.inference_fast_path else app
+    return PredictFastPath(app, serve=settings.inference_fast_path)
 
 
 def _endpoint(request: Request) -> str:
@@ -97,6 +98,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StreammlError)
     async def streamml_error(request: Request, exc: StreammlError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=503)
+
+    @app.exception_handler(redis.RedisError)
+    async def store_unavailable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        # the model routes read the model store directly; predict never gets here (it degrades instead)
+        return JSONResponse({"error": f"the model store (Redis) is unavailable ({type(exc).__name__}); retry"},
+                            status_code=503)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:

@@ -14,12 +14,17 @@ from streams.features.definitions import REQUEST_FEATURES
 
 _ID = Field(..., min_length=1, max_length=256, description="Entity id as in the events (no surrounding spaces).")
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str}
+# Strict: `true` or "3" is not an integer (the schema says so). Numbers are logged as Avro doubles, so ints are
+# bounded to those a double holds exactly and floats are finite: anything else could be served but never logged.
+_EXACT = 2**53
+_BOUNDS: dict[str, dict[str, Any]] = {"int": {"ge": -_EXACT, "le": _EXACT}, "float": {"allow_inf_nan": False},
+                                      "str": {}}
 
 Context = create_model(  # type: ignore[call-overload]
     "Context",
     __config__=ConfigDict(extra="allow"),
     __doc__="Request-time facts; the typed fields feed request features, others are ignored by the model.",
-    **{f.context_field: (_TYPES[f.dtype] | None, Field(None, description=f.doc))
+    **{f.context_field: (_TYPES[f.dtype] | None, Field(None, description=f.doc, strict=True, **_BOUNDS[f.dtype]))
        for f in REQUEST_FEATURES if f.context_field},
 )
 
@@ -66,3 +71,33 @@ class ActivateResponse(BaseModel):
     active: str
     pinned: bool
     previous: str | None
+
+
+class FieldError(BaseModel):
+    field: str = Field(..., description="Where: `body.context.position`, `body.0.user_id`, `body`.")
+    message: str
+    type: str = Field(..., description="Machine-readable reason (pydantic's error type).")
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: a sentence to read, and on 422 the bad fields one by one."""
+
+    error: str
+    detail: list[FieldError] | None = Field(None, description="422 only: each bad field.")
+
+
+_REFUSALS = {
+    401: "Missing or unknown X-API-Key.",
+    403: "The key may predict but not change models (use an admin key).",
+    404: "No such model version.",
+    409: "The version cannot be served (its weights were pruned).",
+    413: "Request body larger than the limit (64 KiB for one prediction, 4 MiB for a batch).",
+    415: "The body is not `application/json`.",
+    422: "Invalid request: each bad field is named; a batch above inference_batch_max is refused here.",
+    503: "A dependency (the model store in Redis) is unavailable; retry.",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, all with `ErrorResponse` bodies."""
+    return {code: {"model": ErrorResponse, "description": _REFUSALS[code]} for code in codes}

@@ -6,11 +6,40 @@ Confluent clients send and accept `application/vnd.schemaregistry.v1+json`; curl
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+class ErrorBody(BaseModel):
+    """Confluent's error body: clients branch on `error_code` (e.g. 40401 subject not found)."""
+
+    error_code: int
+    message: str
+
+
+_REFUSALS = {
+    400: "The body cannot be read as JSON text (not UTF-8).",
+    401: "No admin key (X-API-Key or the basic-auth password) on a change, when the registry has admin keys.",
+    403: "The key is not one of the registry's admin keys.",
+    404: "Subject, version or schema not found (or soft-deleted), per `error_code`; on a `{subject}` path also "
+         "a subject name with a line break (no route carries one).",
+    409: "The schema is incompatible with the subject's versions under its compatibility level.",
+    422: "Invalid schema, version, compatibility level or request (`error_code` 42201/42202/42203/422).",
+    503: "The registry's database does not answer.",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, all with Confluent's `ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": _REFUSALS[code]} for code in codes}
+
+
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 
 class RegistryJSONResponse(JSONResponse):

@@ -129,6 +129,8 @@ class SchemaStore:
 
     def schema_by_id(self, schema_id: int) -> str:
         """Schema text of a global id; soft-deleted versions still serve it (old records need it)."""
+        if not -(2**63) <= schema_id < 2**63:  # beyond SQLite's INTEGER: no such id, and sqlite3 would raise
+            raise errors.schema_not_found(f"Schema {schema_id} not found")
         rows = self._rows(
             "SELECT schema FROM schemas s WHERE id = ? AND EXISTS (SELECT 1 FROM versions WHERE schema_id = s.id)",
             (schema_id,),

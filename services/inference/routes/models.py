@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from services.inference.auth import require_admin, require_predict
-from services.inference.contracts import ActivateResponse, ModelsResponse
+from services.inference.contracts import ActivateResponse, ModelsResponse, refusals
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=ModelsResponse, dependencies=[Depends(require_predict)],
+            responses=refusals(401, 503),
             summary="Every stored version, the active one and the one this process serves")
 def list_models(request: Request) -> dict:
     active = request.app.state.active
@@ -20,6 +21,7 @@ def list_models(request: Request) -> dict:
 
 
 @router.post("/{version}/activate", response_model=ActivateResponse, dependencies=[Depends(require_admin)],
+             responses=refusals(401, 403, 404, 409, 422, 503),
              summary="Serve this version everywhere (pinned unless it is the newest)")
 def activate(version: str, request: Request) -> dict:
     active = request.app.state.active

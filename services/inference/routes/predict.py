@@ -11,10 +11,12 @@ from fastapi.responses import Response
 
 from services.inference import metrics
 from services.inference.auth import require_predict
-from services.inference.contracts import PredictRequest, PredictResponse
+from services.inference.contracts import PredictRequest, PredictResponse, refusals
 from services.inference.fastpath import scored
 
-router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_predict)])
+# 401/413/415 come from PredictFastPath, in front of these routes whether or not it serves them
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_predict)],
+                   responses=refusals(401, 413, 415, 422))
 
 
 def _json(payload: object) -> Response:

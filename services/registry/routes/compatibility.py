@@ -10,8 +10,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from services.registry.deps import SchemaBody, Store, parse_version
+from services.registry.responses import refusals
 
-router = APIRouter(tags=["compatibility"])
+router = APIRouter(tags=["compatibility"], responses=refusals(400, 404, 422))
 
 
 @router.post("/compatibility/subjects/{subject:path}/versions/{version}")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.registry.deps import Store
-from services.registry.responses import error_response
+from services.registry.responses import METRICS_RESPONSE, error_response, refusals
 
 router = APIRouter(tags=["ops"])
 
@@ -19,7 +19,7 @@ def root() -> dict[str, str]:
     return {}
 
 
-@router.get("/healthz", response_model=None)
+@router.get("/healthz", response_model=None, responses=refusals(503))
 def healthz(store: Store) -> dict[str, str] | Response:
     """200 only while the database answers, so a supervisor restarts a registry that lost its store."""
     try:
@@ -29,7 +29,7 @@ def healthz(store: Store) -> dict[str, str] | Response:
     return {"status": "ok"}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses=METRICS_RESPONSE)
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -39,6 +39,6 @@ def mode() -> dict[str, str]:
     return {"mode": "READWRITE"}
 
 
-@router.get("/mode/{subject:path}")
+@router.get("/mode/{subject:path}", responses=refusals(404, 422))
 def subject_mode(subject: str) -> dict[str, str]:
     return {"mode": "READWRITE"}

@@ -10,9 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from services.registry.deps import Store, page
-from services.registry.responses import raw_schema
+from services.registry.responses import raw_schema, refusals
 
 router = APIRouter(tags=["schemas"])
+_READ = refusals(404, 422)
 
 
 @router.get("/schemas/types")
@@ -20,17 +21,17 @@ def schema_types() -> list[str]:
     return ["AVRO"]
 
 
-@router.get("/schemas/ids/{schema_id}")
+@router.get("/schemas/ids/{schema_id}", responses=_READ)
 def schema_by_id(schema_id: int, store: Store) -> dict[str, Any]:
     return {"schema": store.schema_by_id(schema_id), "schemaType": "AVRO"}
 
 
-@router.get("/schemas/ids/{schema_id}/schema")
+@router.get("/schemas/ids/{schema_id}/schema", responses=_READ)
 def raw_schema_by_id(schema_id: int, store: Store) -> Response:
     return raw_schema(store.schema_by_id(schema_id))
 
 
-@router.get("/schemas/ids/{schema_id}/versions")
+@router.get("/schemas/ids/{schema_id}/versions", responses=_READ)
 def versions_of_id(
     schema_id: int,
     store: Store,
@@ -43,7 +44,7 @@ def versions_of_id(
     return page([{"subject": s, "version": v} for s, v in pairs], offset, limit)
 
 
-@router.get("/schemas/ids/{schema_id}/subjects")
+@router.get("/schemas/ids/{schema_id}/subjects", responses=_READ)
 def subjects_of_id(
     schema_id: int,
     store: Store,
