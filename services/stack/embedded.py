@@ -85,13 +85,13 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
         lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), f"http://127.0.0.1:{port}/docs"))
     learner_metrics = load_settings(LearnerSettings).learner_metrics_port
     out.append(StackProcess(
-        ProcessSpec("learner", _streamml("run", "learner"), env={**home, **_demo_drift_env(demo)}, metrics_port=learner_metrics,
-                    health_url=f"http://127.0.0.1:{learner_metrics}/metrics"),
+        ProcessSpec("learner", _streamml("run", "learner"), env={**home, **_demo_env(demo)},
+                    metrics_port=learner_metrics, health_url=f"http://127.0.0.1:{learner_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{learner_metrics}/metrics"),
         f"http://127.0.0.1:{learner_metrics}/metrics"))
     drift_metrics = load_settings(DriftSettings).drift_metrics_port
     out.append(StackProcess(
-        ProcessSpec("drift", _streamml("run", "drift"), env={**home, **_demo_drift_env(demo)},
+        ProcessSpec("drift", _streamml("run", "drift"), env={**home, **_demo_env(demo)},
                     metrics_port=drift_metrics,
                     health_url=f"http://127.0.0.1:{drift_metrics}/metrics"),
         lambda: http_ok(f"http://127.0.0.1:{drift_metrics}/metrics"), f"http://127.0.0.1:{drift_metrics}/metrics"))
@@ -108,7 +108,7 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProc
     return out
 
 
-def _demo_drift_env(demo: bool) -> dict[str, str]:
+def _demo_env(demo: bool) -> dict[str, str]:
     """The demo shows PSI within minutes: 20 s windows, each model version's first 2 as its reference, and
     a new version every 2 minutes rather than every minute (anything set explicitly wins)."""
     if not demo:
