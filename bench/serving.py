@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +165,26 @@ def train_and_activate(redis_url: str, model_name: str, users: int, items: int, 
     return version
 
 
+def start_inference(work: Path, servers: Any, model: str, key: str, version: str) -> tuple[subprocess.Popen, str]:
+    """`streamml run inference` on a free port against the bench's servers, once it serves `version`;
+    returns the process and its base URL."""
+    import httpx
+
+    from tests.servers import free_port, wait_for
+
+    port = free_port()
+    env = {**os.environ, "STREAMML_HOME": str(work), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": servers.bootstrap,
+           "STREAMML_SCHEMA_REGISTRY_URL": servers.registry_url, "STREAMML_REDIS_URL": servers.redis_url(),
+           "STREAMML_MODEL_NAME": model, "STREAMML_INFERENCE_PORT": str(port), "STREAMML_INFERENCE_API_KEYS": key,
+           "STREAMML_LOG_LEVEL": "WARNING"}
+    service = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "inference"], cwd=ROOT, env=env,
+                               stdout=open(work / "inference.log", "ab"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base}/readyz").json()["model_version"] == version, 60,
+             "inference serving the trained version")
+    return service, base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0)
@@ -177,8 +198,6 @@ def main() -> None:
     import httpx
     from feature_flow import start_servers
 
-    from tests.servers import free_port, wait_for
-
     rnd = random.Random(11)
     work = Path(tempfile.mkdtemp(prefix="streamml-bench-serving-"))
     servers = start_servers(work)
@@ -186,19 +205,10 @@ def main() -> None:
     result: dict = {"benchmark": "serving", "users": args.users, "items": args.items, "rate": args.rate,
                     "duration_s": args.duration, "cpus": os.cpu_count()}
     try:
-        bootstrap, redis_url, registry_url = servers.bootstrap, servers.redis_url(), servers.registry_url
+        redis_url = servers.redis_url()
         seed(redis_url, args.users, args.items, rnd)
         result["model_version"] = train_and_activate(redis_url, "bench", args.users, args.items, rnd)
-        port = free_port()
-        env = {**os.environ, "STREAMML_HOME": str(work), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-               "STREAMML_SCHEMA_REGISTRY_URL": registry_url, "STREAMML_REDIS_URL": redis_url,
-               "STREAMML_MODEL_NAME": "bench", "STREAMML_INFERENCE_PORT": str(port),
-               "STREAMML_INFERENCE_API_KEYS": "bench-key", "STREAMML_LOG_LEVEL": "WARNING"}
-        service = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "inference"], cwd=ROOT, env=env,
-                                   stdout=open(work / "inference.log", "ab"), stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/readyz").json()["model_version"] == result["model_version"], 60,
-                 "inference serving the trained version")
+        service, base = start_inference(work, servers, "bench", "bench-key", result["model_version"])
 
         def pair() -> dict:
             return {"user_id": f"u{rnd.randrange(args.users)}", "item_id": f"i{rnd.randrange(args.items)}",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from confluent_kafka import Producer  # noqa: E402
 from feature_flow import event, flow_env, start_servers  # noqa: E402
-from serving import drive, seed, train_and_activate  # noqa: E402
+from serving import drive, seed, start_inference, train_and_activate  # noqa: E402
 
 from schemas.registry import RegistryClient  # noqa: E402
 from schemas.serde import TopicSerde  # noqa: E402
@@ -90,24 +90,18 @@ def main() -> None:
         common = {"STREAMML_HOME": str(work / "home"), "STREAMML_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                   "STREAMML_SCHEMA_REGISTRY_URL": registry_url, "STREAMML_REDIS_URL": redis_url,
                   "STREAMML_LOG_LEVEL": "WARNING"}
-        flow_metrics, inference_port, ops_port = free_port(), free_port(), free_port()
+        flow_metrics, ops_port = free_port(), free_port()
         procs["features"] = subprocess.Popen(
             [sys.executable, "-m", "streams.flows.run"], cwd=ROOT,
             env=flow_env(work / "home", bootstrap, registry_url, redis_url, flow_metrics),
             stdout=open(work / "flow.log", "ab"), stderr=subprocess.STDOUT)
-        procs["inference"] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", "inference"], cwd=ROOT,
-            env={**os.environ, **common, "STREAMML_MODEL_NAME": "soak", "STREAMML_INFERENCE_PORT": str(inference_port),
-                 "STREAMML_INFERENCE_API_KEYS": "soak-key"},
-            stdout=open(work / "inference.log", "ab"), stderr=subprocess.STDOUT)
         procs["ops"] = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "run", "ops"], cwd=ROOT,
             env={**os.environ, **common, "STREAMML_OPS_PORT": str(ops_port), "STREAMML_OPS_INTERVAL_S": "2",
                  "STREAMML_OPS_TARGETS": f"features=http://127.0.0.1:{flow_metrics}/metrics"},
             stdout=open(work / "ops.log", "ab"), stderr=subprocess.STDOUT)
-        base, ops, flow_url = (f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{ops_port}",
-                               f"http://127.0.0.1:{flow_metrics}/metrics")
-        wait_for(lambda: httpx.get(f"{base}/readyz").json()["model_version"] == version, 60, "inference")
+        procs["inference"], base = start_inference(work, servers, "soak", "soak-key", version)
+        ops, flow_url = f"http://127.0.0.1:{ops_port}", f"http://127.0.0.1:{flow_metrics}/metrics"
         wait_for(lambda: httpx.get(f"{ops}/healthz").status_code == 200, 30, "ops")
         wait_for(lambda: httpx.get(flow_url).status_code == 200, 60, "flow")
 

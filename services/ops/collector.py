@@ -142,7 +142,7 @@ class Collector:
             g["messages"] += row.messages
             g["seconds"] = max(g["seconds"], row.seconds)
             g["partitions"] += 1
-        frame = self.history.frame(now - 600)
+        frame = self.history.frame(now - 600, {n for q in (*FRESHNESS, PSI, DRIFT_ALERTS) for n in q.names()})
         freshness = {s.label: _last(s.values) for q in FRESHNESS for s in q.evaluate(frame)}
         drift = []
         for labels, values in frame.of(PSI.metric):

@@ -20,12 +20,6 @@ import redis
 from streams.drift.reference import Profile, ProfileStore, profile_of
 from streams.drift.windows import window_start
 
-AUTO_SOURCE = "first "  # how an automatic profile's `source` starts
-
-
-def is_automatic(profile: Profile) -> bool:
-    return profile.source.startswith(AUTO_SOURCE)
-
 
 def autoref_key(model: str, version: str) -> str:
     return f"drift:autoref:{model}:{version}"
@@ -97,7 +91,8 @@ class FirstWindows:
         rows = [json.loads(r) for r in self.client.lrange(autoref_key(*key) + ":rows", 0, -1)]
         end = period.start + self.windows * self.window_ms
         profile = profile_of(key[0], key[1], rows, self.bins, since_ms=period.start, until_ms=end,
-                             source=f"{AUTO_SOURCE}{self.windows} windows ({period.seen} predictions, {len(rows)} sampled)")
+                             source=f"first {self.windows} windows ({period.seen} predictions, {len(rows)} sampled)",
+                             automatic=True)
         self.store.save(profile)
         self.client.delete(autoref_key(*key), autoref_key(*key) + ":rows")
         del self._periods[key]

@@ -27,7 +27,7 @@ from schemas.errors import DecodeError
 from schemas.registry import RegistryClient
 from schemas.serde import TopicSerde
 from schemas.topics import DRIFT_METRICS, PREDICTIONS
-from streams.drift.autoref import FirstWindows, is_automatic
+from streams.drift.autoref import FirstWindows
 from streams.drift.psi import SustainedAlerts
 from streams.drift.reference import Profile, ProfileStore
 from streams.drift.windows import PartitionState, apply, close_due, window_metrics, window_start
@@ -198,7 +198,7 @@ class DriftRuntime:
         for offset, record in items:
             profile = self.profile(record["model"], record["model_version"])
             in_period = offset in taken_offsets or (
-                profile is not None and is_automatic(profile) and record["ts"] < (profile.until_ms or 0))
+                profile is not None and profile.automatic and record["ts"] < (profile.until_ms or 0))
             if in_period:
                 referenced.append(offset)
             else:

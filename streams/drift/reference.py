@@ -41,6 +41,7 @@ class Profile:
     since_ms: int | None = None
     until_ms: int | None = None
     source: str = ""
+    automatic: bool = False  # built by the drift job from the version's own first windows (its period is not measured)
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def to_json(self) -> str:

@@ -121,7 +121,7 @@ def test_first_k_windows_become_the_reference_when_none_was_frozen(fresh_kafka, 
         job.wait(30)
 
     profile = ProfileStore(client).load("m", "v1")
-    assert profile is not None and profile.source.startswith("first 2 windows") and profile.rows == 600
+    assert profile is not None and profile.automatic and profile.source.startswith("first 2 windows") and profile.rows == 600
     oracle = profile_of("m", "v1", [r for w in windows[:2] for r in w])
     assert profile.bins.keys() == oracle.bins.keys()
     for name, bins in profile.bins.items():  # equal up to float summation order (mean, std)
