@@ -78,3 +78,7 @@ class ModelError(StreammlError):
 
 class ModelNotFoundError(ModelError):
     """A model version that the store does not hold."""
+
+
+class CdcError(StreammlError):
+    """The CDC reader cannot capture as configured (source database settings, tables, slot, protocol)."""

@@ -30,6 +30,7 @@ PROCESSES = {
     "learner": "services.inference.learner:main",
     "drift": "streams.drift.app:main",
     "ops": "services.ops.main:main",
+    "cdc": "streams.cdc.reader:main",
 }
 
 
@@ -37,12 +38,21 @@ PROCESSES = {
 def up(
     demo: bool = typer.Option(False, "--demo", help="Also start the load generator (demo traffic)."),
     rate: float = typer.Option(200.0, help="Demo traffic in events/s."),
+    cdc_dsn: str | None = typer.Option(
+        None, "--cdc-dsn", help="Also run the CDC reader on this PostgreSQL (or set STREAMML_CDC_DSN)."),
+    cdc_tables: str = typer.Option("public.users,public.items", "--cdc-tables",
+                                   help="Tables the CDC reader captures (schema.table, comma-separated)."),
 ) -> None:
     """Start the embedded stack on 127.0.0.1 (broker, Redis, registry, pipeline); safe to run twice."""
+    import os
+
     from services.stack.embedded import up as stack_up
 
     settings = load_settings()
-    result = stack_up(settings, demo=demo, demo_rate=rate)
+    dsn = cdc_dsn or os.environ.get("STREAMML_CDC_DSN")
+    cdc = {"STREAMML_CDC_DSN": dsn, "STREAMML_CDC_TABLES": os.environ.get("STREAMML_CDC_TABLES", cdc_tables)} \
+        if dsn else None
+    result = stack_up(settings, demo=demo, demo_rate=rate, cdc=cdc)
     table = Table(title=f"streamml is up (home {settings.home})")
     table.add_column("process")
     table.add_column("endpoint")
@@ -174,9 +184,10 @@ def _yes(flag: bool) -> str:
 
 
 def _register_subcommands() -> None:
-    from services.commands import drift, export, produce, replay
+    from services.commands import cdc, drift, export, produce, replay
 
     produce.register(app)
+    cdc.register(app)
     replay.register(app)
     export.register(app)
     drift.register(app)

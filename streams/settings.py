@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
@@ -172,3 +172,29 @@ class DriftSettings(Settings):
     drift_reference_windows: int = Field(
         0, ge=0, description="K > 0: a model version with no frozen reference uses its own first K windows.")
     drift_reference_sample: int = Field(20_000, ge=100, description="Rows sampled for an automatic reference.")
+
+
+class CdcSettings(Settings):
+    """The PostgreSQL CDC reader (`streamml cdc`): logical replication -> Debezium-style Avro on `cdc.<db>.<table>`."""
+
+    cdc_dsn: SecretStr = Field(SecretStr(""), description="Source database, e.g. postgresql://user:pw@host:5432/shop "
+                                                           "(the user needs REPLICATION and SELECT).")
+    cdc_tables: str = Field("", description="Comma-separated schema.table list to capture, e.g. "
+                                            "public.users,public.items.")
+    cdc_slot: str = Field("streamml_cdc", pattern=r"^[a-z0-9_]{1,63}$", description="Logical replication slot.")
+    cdc_publication: str = Field("streamml_cdc", description="Publication of the tables (created when missing).")
+    cdc_db_name: str = Field("", description="Database name in topic names and source.db; '' = the DSN's database.")
+    cdc_snapshot: Literal["initial", "never"] = Field(
+        "initial", description="initial: emit every existing row (op r) before streaming; never: changes only.")
+    cdc_feedback_s: float = Field(1.0, gt=0, description="How often the acknowledged position is confirmed to "
+                                                         "PostgreSQL (the slot frees WAL up to it).")
+    cdc_snapshot_fetch: int = Field(5000, ge=1, description="Rows per fetch of the initial snapshot.")
+    cdc_metrics_port: int = Field(9104, ge=0)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "cdc"
+
+    @property
+    def table_names(self) -> list[str]:
+        return [t.strip() for t in self.cdc_tables.split(",") if t.strip()]

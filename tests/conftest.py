@@ -1,4 +1,4 @@
-"""Session fixtures: one real Tansu broker and one real Redis for the whole test run.
+"""Session fixtures: one real Tansu broker, one real Redis and (on demand) one PostgreSQL for the whole test run.
 
 Tests that need isolation use unique topic names / Redis DB flushes, not separate servers.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, start_redis, start_tansu
+from tests.servers import PostgresServer, ServerProcess, start_postgres, start_redis, start_tansu
 
 # librdkafka defaults make a group join take ~23 s on Tansu; these make it ~3 s.
 FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
@@ -89,6 +89,15 @@ def fresh_kafka(server_logs: Path) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def hangable_broker(server_logs: Path) -> Iterator[ServerProcess]:
+    """A broker of the test's own that the test may SIGSTOP (`pause`); resumed and stopped afterwards."""
+    server = start_tansu(server_logs)
+    yield server
+    server.resume()
+    server.stop()
+
+
 _redis_dbs = itertools.cycle(range(1, 16))
 
 
@@ -100,3 +109,17 @@ def redis_db_url(redis_server: ServerProcess) -> Iterator[str]:
     url = f"redis://127.0.0.1:{redis_server.port}/{next(_redis_dbs)}"
     redis.Redis.from_url(url).flushdb()
     yield url
+
+
+@pytest.fixture(scope="session")
+def postgres(server_logs: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL server with wal_level=logical and trust auth for `postgres` (incl. replication)."""
+    server = start_postgres(server_logs)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shop_db(postgres: PostgresServer) -> str:
+    """DSN of a freshly created database `shop` (its replication slots dropped, the old one dropped)."""
+    return postgres.recreate_database("shop")

@@ -20,7 +20,7 @@ from services.stack.binaries import redis_argv, tansu_argv
 from services.stack.health import http_ok, kafka_ok, port_open, redis_ok, wait_until
 from services.stack.supervisor import ProcessRecord, ProcessSpec, StackError, Supervisor
 from streams.kafka.admin import ensure_topics
-from streams.settings import DriftSettings, FeatureFlowSettings, Settings, load_settings
+from streams.settings import CdcSettings, DriftSettings, FeatureFlowSettings, Settings, load_settings
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -68,10 +68,16 @@ def infrastructure(settings: Settings) -> list[StackProcess]:
     return out
 
 
-def pipeline(settings: Settings, demo: bool, demo_rate: float) -> list[StackProcess]:
-    """The streamml processes that run on top of the infrastructure."""
+def pipeline(settings: Settings, demo: bool, demo_rate: float, cdc: dict[str, str] | None = None) -> list[StackProcess]:
+    """The streamml processes that run on top of the infrastructure (`cdc`: STREAMML_CDC_* for the CDC reader)."""
     out: list[StackProcess] = []
     home = {"STREAMML_HOME": str(settings.home)}
+    if cdc:
+        cdc_metrics = load_settings(CdcSettings).cdc_metrics_port
+        out.append(StackProcess(
+            ProcessSpec("cdc", _streamml("run", "cdc"), env={**home, **cdc}, metrics_port=cdc_metrics,
+                        health_url=f"http://127.0.0.1:{cdc_metrics}/metrics"),
+            lambda: http_ok(f"http://127.0.0.1:{cdc_metrics}/metrics"), f"http://127.0.0.1:{cdc_metrics}/metrics"))
     flow_metrics = load_settings(FeatureFlowSettings).features_metrics_port
     out.append(StackProcess(
         ProcessSpec("features", _streamml("run", "features"), env=home, metrics_port=flow_metrics,
@@ -142,7 +148,8 @@ class UpResult:
     endpoints: dict[str, str]
 
 
-def up(settings: Settings, demo: bool = False, demo_rate: float = 200.0) -> UpResult:
+def up(settings: Settings, demo: bool = False, demo_rate: float = 200.0,
+       cdc: dict[str, str] | None = None) -> UpResult:
     """Start what is not running, wait for each to be ready, provision; safe to run twice."""
     supervisor = Supervisor(settings.run_dir, settings.log_dir)
     (settings.home / "redis").mkdir(parents=True, exist_ok=True)
@@ -153,7 +160,7 @@ def up(settings: Settings, demo: bool = False, demo_rate: float = 200.0) -> UpRe
         _start_one(supervisor, proc, started, already)
         endpoints[proc.spec.name] = proc.endpoint
     topics = provision(settings)
-    for proc in pipeline(settings, demo, demo_rate):
+    for proc in pipeline(settings, demo, demo_rate, cdc):
         _start_one(supervisor, proc, started, already)
         endpoints[proc.spec.name] = proc.endpoint
     return UpResult(started, already, topics, endpoints)

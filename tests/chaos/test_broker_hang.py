@@ -15,19 +15,11 @@ from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, PREDICTIONS
 from streams.kafka.lag import LagProbe
 from tests.flowkit import flow_env, make_events, provision, read_back, start_flow, wait_for_redis
 from tests.oracle import accepted_in_partition_order, expected_features
-from tests.servers import start_tansu, wait_for
+from tests.servers import wait_for
 from tests.servingkit import Service, serving_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HANG_S = 10.0
-
-
-@pytest.fixture
-def hangable_broker(server_logs):
-    server = start_tansu(server_logs)
-    yield server
-    server.resume()
-    server.stop()
 
 
 def test_broker_hang_under_load_loses_nothing(hangable_broker, registry_url, redis_db_url, tmp_path):

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.topics import CLICKSTREAM
 from tests.browser import artifacts_dir, render
 from tests.conftest import FAST_GROUP
+from tests.pgkit import DDL, sql, user
 from tests.servers import free_port, port_open, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,6 +38,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 def stack_env(tmp_path: Path):
     kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
     inference, learner_metrics, drift_metrics, ops = free_port(), free_port(), free_port(), free_port()
+    cdc_metrics = free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -50,15 +52,17 @@ def stack_env(tmp_path: Path):
         "STREAMML_DRIFT_METRICS_PORT": str(drift_metrics),
         "STREAMML_OPS_PORT": str(ops),
         "STREAMML_OPS_INTERVAL_S": "1",
+        "STREAMML_CDC_METRICS_PORT": str(cdc_metrics),
         "COLUMNS": "200",
     }
     yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference, "ops": ops}
     _cli(env, "down")
 
 
-def test_up_demo_status_down_round_trip(stack_env):
+def test_up_demo_status_down_round_trip(stack_env, shop_db):
     env, ports = stack_env
-    first = _cli(env, "up", "--demo", "--rate", "100")
+    sql(shop_db, DDL, user("pg-u1", "premium", "PT"))
+    first = _cli(env, "up", "--demo", "--rate", "100", "--cdc-dsn", shop_db)
     assert first.returncode == 0, first.stderr + first.stdout
     assert "started" in first.stdout
 
@@ -73,7 +77,8 @@ def test_up_demo_status_down_round_trip(stack_env):
             break
         time.sleep(1)
     names = {row["name"]: row for row in report["processes"]}
-    assert {"broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen"} <= set(names)
+    assert {"broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen",
+            "cdc"} <= set(names)
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
@@ -109,11 +114,17 @@ def test_up_demo_status_down_round_trip(stack_env):
     assert answer.status_code == 200, answer.text
     assert answer.json()["feature_age_ms"] is not None
 
+    # Rows of a real PostgreSQL reach Redis through the CDC reader `up --cdc-dsn` started: snapshot, then changes.
+    wait_for(lambda: client.hget("feat:user:pg-u1", "tier") == b"premium", 60, "the snapshot row's tier in Redis")
+    sql(shop_db, user("pg-u2", "plus", "NL"), "UPDATE users SET country = 'ES' WHERE user_id = 'pg-u1'")
+    wait_for(lambda: client.hget("feat:user:pg-u2", "tier") == b"plus"
+             and client.hget("feat:user:pg-u1", "country") == b"ES", 60, "a live change in Redis")
+
     _check_ops(env, f"http://127.0.0.1:{ports['ops']}", names["features"]["pid"])
 
     stopped = _cli(env, "down")
     assert stopped.returncode == 0
-    for name in ("broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen"):
+    for name in ("broker", "redis", "registry", "features", "inference", "learner", "drift", "ops", "loadgen", "cdc"):
         assert name in stopped.stdout
     assert not port_open(ports["kafka"]) and not port_open(ports["redis"]) and not port_open(ports["registry"])
     after = json.loads(_cli(env, "status", "--json").stdout)
