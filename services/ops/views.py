@@ -59,6 +59,10 @@ VIEWS: tuple[View, ...] = (
                  legend="labels {outcome}"))),
         Panel("pipeline.late", "Late events (to the DLQ)", "events/s",
               (Rate("streamml_features_late_events_total", by=("topic",)),)),
+        Panel("pipeline.cdc_changes", "CDC changes from PostgreSQL", "changes/s",
+              (Rate("streamml_cdc_changes_total", by=("table", "op"), legend="{table} {op}"),)),
+        Panel("pipeline.cdc_lag", "CDC: oldest change not yet in Kafka", "s",
+              (Value("streamml_cdc_confirm_lag_seconds", agg="max", legend="confirm lag"),)),
     )),
     View("serving", "Serving", (
         Panel("serving.requests", "Requests by status", "req/s",

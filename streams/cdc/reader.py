@@ -52,6 +52,7 @@ log = get_logger(__name__)
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO,YMD -c bytea_output=hex -c extra_float_digits=3"
 _SLOT_LAG_EVERY_S = 5.0
 _RECONNECT_MAX_S = 30.0
+_STANDBY_RETRY_S = 2.0
 
 try:
     _VERSION = version("streamml")
@@ -117,6 +118,11 @@ class CdcReader:
             except _connection_errors() as exc:
                 if shutdown.requested:
                     break
+                if _slot_in_use(exc):  # another reader streams this slot: stand by and take over when it stops
+                    log.info("replication slot is in use by another reader; standing by", slot=self.settings.cdc_slot)
+                    self._flush(10.0)
+                    shutdown.wait(_STANDBY_RETRY_S)
+                    continue
                 log.warning("postgresql unreachable or connection lost; will resume from the slot",
                             error=str(exc).strip(), retry_in_s=backoff,
                             hint="check STREAMML_CDC_DSN; the user needs REPLICATION and pg_hba.conf must "
@@ -428,6 +434,12 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     import psycopg2
 
     return (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _slot_in_use(exc: BaseException) -> bool:
+    from psycopg2.errors import ObjectInUse
+
+    return isinstance(exc, ObjectInUse)
 
 
 def _create_slot(repl: Any, name: str, temporary: bool) -> tuple[int, str]:

@@ -227,3 +227,25 @@ def test_alter_table_evolves_the_schema_and_incompatible_changes_stop_the_reader
     finally:
         if reader.poll() is None:
             reader.kill()
+
+
+def test_a_second_reader_stands_by_and_takes_over(fresh_kafka, registry_url, shop_db, tmp_path):
+    sql(shop_db, DDL)
+    provision(fresh_kafka)
+    env = reader_env(tmp_path, fresh_kafka, registry_url, shop_db)
+    first = start_reader(env, tmp_path / "first.log", shop_db)
+    second = start_reader(env, tmp_path / "second.log", shop_db)
+    try:
+        wait_for(lambda: "standing by" in (tmp_path / "second.log").read_text(), 30, "the second reader to stand by")
+        sql(shop_db, user("s1"))
+        cdc_records(fresh_kafka, registry_url, expected=1)
+        assert stop(first) == 0
+        sql(shop_db, user("s2"))
+        keys = by_key(cdc_records(fresh_kafka, registry_url, expected=2))
+        assert {"s1", "s2"} <= keys.keys()
+        assert "streaming changes" in (tmp_path / "second.log").read_text()
+        assert stop(second) == 0
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.kill()

@@ -64,6 +64,7 @@ def test_panels_read_only_metrics_that_exist():
 
     import services.inference.metrics  # noqa: F401  (registers the metrics below)
     import services.ops.metrics  # noqa: F401
+    import streams.cdc.metrics  # noqa: F401
     import streams.drift.job  # noqa: F401
     import streams.flows.metrics  # noqa: F401
     from services.ops.views import LAG_MESSAGES, LAG_SECONDS, TARGET_UP

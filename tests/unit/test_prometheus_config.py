@@ -56,6 +56,7 @@ def _exported() -> tuple[set[str], set[str]]:
 
     import services.inference.metrics  # noqa: F401  (each import registers its metrics)
     import services.registry.metrics  # noqa: F401
+    import streams.cdc.metrics  # noqa: F401
     import streams.drift.job  # noqa: F401
     import streams.flows.metrics  # noqa: F401
     from services.ops.metrics import LatestState
