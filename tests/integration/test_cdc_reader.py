@@ -249,3 +249,39 @@ def test_a_second_reader_stands_by_and_takes_over(fresh_kafka, registry_url, sho
         for proc in (first, second):
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_kill_9_during_the_initial_snapshot_resnapshots_and_streams_what_happened_since(
+        hangable_broker, registry_url, shop_db, tmp_path):
+    rows = 5000
+    bootstrap = f"127.0.0.1:{hangable_broker.port}"
+    sql(shop_db, DDL, f"INSERT INTO users SELECT 'b' || n, 'free', 'DE', now(), false FROM generate_series(1, {rows}) n")
+    provision(bootstrap)
+    env = reader_env(tmp_path, bootstrap, registry_url, shop_db)
+    log = tmp_path / "cdc.log"
+    reader = subprocess.Popen([sys.executable, "-m", "services.cli", "cdc"], env=env, stdout=open(log, "ab"),
+                              stderr=subprocess.STDOUT)
+    # Once the slot exists the snapshot is being read; with the broker hung it cannot be acknowledged
+    # (so it is never marked done) when the reader dies.
+    wait_for(lambda: query(shop_db, "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'streamml_cdc'"), 60,
+             "the slot to be created")
+    hangable_broker.pause()
+    try:
+        time.sleep(1)
+        reader.kill()
+        reader.wait(10)
+    finally:
+        hangable_broker.resume()
+    assert "snapshot done" not in log.read_text()
+    partial = len(read_back(bootstrap, registry_url, [CDC_USERS], rows, timeout_s=5))
+    sql(shop_db, "DELETE FROM users WHERE user_id = 'b1'", "UPDATE users SET tier = 'plus' WHERE user_id = 'b2'")
+    reader = start_reader(env, log, shop_db)
+    try:
+        keys = by_key(cdc_records(bootstrap, registry_url, expected=partial + rows - 1 + 2, timeout_s=120))
+        assert {f"b{n}" for n in range(1, rows + 1)} <= keys.keys()
+        assert keys["b1"][-1]["op"] == "d" and keys["b2"][-1]["after"]["tier"] == "plus"
+        assert "snapshotting tables the slot has not covered" in log.read_text()
+        assert stop(reader) == 0
+    finally:
+        if reader.poll() is None:
+            reader.kill()
