@@ -32,15 +32,16 @@ class AckTracker:
         self._on_complete = on_complete  # called once per transaction when its last record is acknowledged
         self.confirmed_lsn = confirmed_lsn
         self.failure: str | None = None  # the first delivery error; the reader stops on it
+        self.unacked = 0  # records sent and not yet acknowledged, across transactions
 
     def begin(self, xid: int, commit_ts_ms: int = 0) -> Txn:
         txn = Txn(xid, commit_ts_ms)
         self._txns.append(txn)
         return txn
 
-    @staticmethod
-    def sent(txn: Txn) -> None:
+    def sent(self, txn: Txn) -> None:
         txn.pending += 1
+        self.unacked += 1
 
     def acked(self, txn: Txn, error: str | None = None) -> None:
         """A delivery report; an error is kept (and blocks confirmation past `txn` for good)."""
@@ -49,6 +50,7 @@ class AckTracker:
                 self.failure = error
             return
         txn.pending -= 1
+        self.unacked -= 1
         if txn.pending == 0 and txn.end_lsn is not None and self._on_complete:
             self._on_complete(txn)
 

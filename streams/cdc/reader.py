@@ -65,9 +65,12 @@ class TableStream:
 
     def __init__(self, spec: TableSpec, schema_id: int):
         self.spec = spec
+        self.topic = spec.topic
         self.schema_id = schema_id
         self.codec = AvroCodec(envelope_schema(spec))
         self.converters = [converter(c) for c in spec.columns]
+        self.value_type = f"cdc.{spec.db}.{spec.table}.Value"  # names the union branch: fastavro skips its search
+        self.changes = {op: metrics.CHANGES.labels(spec.qualified, op) for op in "cudr"}
 
     def row(self, values: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
         problems: list[str] = []
@@ -281,7 +284,9 @@ class CdcReader:
                 if lag is not None:
                     metrics.SLOT_LAG.set(lag)
                 last_lag = now
-            select.select([cur], [], [], min(0.2, settings.cdc_feedback_s))
+            # Acknowledgements arrive on librdkafka's queue, not this socket: wait briefly while some are due.
+            wait_s = 0.005 if self.tracker.unacked else min(0.2, settings.cdc_feedback_s)
+            select.select([cur], [], [], wait_s)
         self._flush(30.0)
         self._feedback(cur, idle=False)
 
@@ -386,8 +391,10 @@ class CdcReader:
               after: dict[str, Any] | None, *, lsn: int, snapshot: str = "false", xid: int | None = -1) -> None:
         spec = stream.spec
         now_ms = int(time.time() * 1000)
+        value_type = stream.value_type
         envelope = {
-            "before": before, "after": after, "op": op, "ts_ms": now_ms,
+            "before": None if before is None else (value_type, before),
+            "after": None if after is None else (value_type, after), "op": op, "ts_ms": now_ms,
             "source": {"version": _VERSION, "connector": "postgresql", "name": self.db,
                        "ts_ms": self._commit_ms if op != "r" else now_ms, "snapshot": snapshot, "db": self.db,
                        "schema": spec.schema, "table": spec.table, "txId": self._xid if xid == -1 else xid,
@@ -399,11 +406,11 @@ class CdcReader:
         on_delivery = partial(self._delivered, txn)
         while True:
             try:
-                self.producer.produce(spec.topic, value, key.encode(), on_delivery=on_delivery)
+                self.producer.produce(stream.topic, value, key.encode(), on_delivery=on_delivery)
                 break
             except BufferError:  # the local queue is full: let Kafka catch up (PostgreSQL waits on the slot)
                 self.producer.poll(0.1)
-        metrics.CHANGES.labels(spec.qualified, op).inc()
+        stream.changes[op].inc()
 
     def _delivered(self, txn: Txn, err: KafkaError | None, msg: Message) -> None:
         self.tracker.acked(txn, None if err is None else f"{msg.topic()}: {err.str()}")

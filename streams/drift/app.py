@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
-from faust.types import TP
+from faust.types import TP, TransportT
 
 from schemas.topics import PREDICTIONS
+from streams.drift.intake import BatchIntake, BulkTransport
 from streams.drift.job import DriftRuntime
 from streams.kafka.security import faust_credentials
 from streams.runtime.lifecycle import serve_metrics
@@ -15,8 +18,14 @@ from streams.settings import DriftSettings, load_settings
 
 def build_app(settings: DriftSettings, runtime: DriftRuntime) -> faust.App:
     """The faust app: group `streamml-drift`, raw bytes in (our own Avro serde), no web server, no tables
-    (state lives in Redis, saved before faust may commit a batch's offsets)."""
+    (state lives in Redis, saved before faust may commit a batch's offsets). Records arrive in bulk
+    (`streams.drift.intake`), are counted a batch at a time and acked after."""
+    intake = BatchIntake(PREDICTIONS.name, settings.drift_batch, limit=4 * settings.drift_batch)
+
     class DriftApp(faust.App):
+        def _new_transport(self) -> TransportT:
+            return BulkTransport(self.conf.broker_consumer, self)
+
         async def on_stop(self) -> None:
             await super().on_stop()
             runtime.close()  # states saved, drift metrics flushed
@@ -36,13 +45,22 @@ def build_app(settings: DriftSettings, runtime: DriftRuntime) -> faust.App:
         stream_buffer_maxsize=4 * settings.drift_batch,
         broker_credentials=faust_credentials(settings.kafka_client),
     )
-    topic = app.topic(PREDICTIONS.name, key_serializer="raw", value_serializer="raw")
+    app.intake = intake  # type: ignore[attr-defined]  # read by BulkConsumer's drain loop
+    app.topics.add(app.topic(PREDICTIONS.name, key_serializer="raw", value_serializer="raw", acks=True))
 
-    @app.agent(topic)
-    async def predictions(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.drift_batch, within=settings.drift_batch_within_s):
-            runtime.process([(e.message.partition, e.message.offset, e.message.key, e.message.value)
-                             for e in events])
+    @app.task
+    async def count() -> None:
+        while not app.should_stop:
+            messages = await intake.take(settings.drift_batch_within_s)
+            if messages:
+                runtime.process([(m.partition, m.offset, m.key, m.value) for m in messages])
+                consumer = app.consumer
+                for m in messages:
+                    m.ack(consumer)  # faust may commit these offsets now: their counts are saved
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        intake.drop(revoked)
 
     @app.timer(interval=1.0)
     async def close_windows() -> None:

@@ -36,7 +36,7 @@ def test_confirmable_is_the_end_of_the_longest_fully_acknowledged_prefix(sizes: 
                 break
             oracle = ends[j]
         assert tracker.confirmable() == oracle
-    assert tracker.idle() and tracker.confirmed_lsn == ends[-1]
+    assert tracker.idle() and tracker.confirmed_lsn == ends[-1] and tracker.unacked == 0
     assert sorted(completed) == list(range(1, len(sizes) + 1))  # each transaction reported once
 
 
