@@ -189,6 +189,8 @@ class CdcSettings(Settings):
     cdc_feedback_s: float = Field(1.0, gt=0, description="How often the acknowledged position is confirmed to "
                                                          "PostgreSQL (the slot frees WAL up to it).")
     cdc_snapshot_fetch: int = Field(5000, ge=1, description="Rows per fetch of the initial snapshot.")
+    cdc_connect_timeout_s: float = Field(30.0, gt=0, description="Give up (exit 2) when the database was never "
+                                                                 "reached within this long of the start.")
     cdc_metrics_port: int = Field(9104, ge=0)
 
     @property

@@ -112,8 +112,13 @@ class CdcReader:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def run(self, shutdown: Shutdown) -> None:
-        """Capture until SIGTERM; reconnects to PostgreSQL with backoff, resuming from the slot."""
+        """Capture until SIGTERM; reconnects to PostgreSQL with backoff, resuming from the slot.
+
+        A database never reached within `cdc_connect_timeout_s` of the start is a configuration problem
+        (address, password, pg_hba.conf): `CdcError` then, rather than retrying forever.
+        """
         backoff = 1.0
+        started = time.monotonic()
         while not shutdown.requested:
             try:
                 self._run_once(shutdown)
@@ -126,6 +131,10 @@ class CdcReader:
                     self._flush(10.0)
                     shutdown.wait(_STANDBY_RETRY_S)
                     continue
+                if self.catalog is None and time.monotonic() - started > self.settings.cdc_connect_timeout_s:
+                    raise CdcError(f"cannot reach PostgreSQL: {str(exc).strip()}; check --dsn / STREAMML_CDC_DSN "
+                                   "(the user needs REPLICATION and pg_hba.conf must allow replication "
+                                   "connections)") from exc
                 log.warning("postgresql unreachable or connection lost; will resume from the slot",
                             error=str(exc).strip(), retry_in_s=backoff,
                             hint="check STREAMML_CDC_DSN; the user needs REPLICATION and pg_hba.conf must "

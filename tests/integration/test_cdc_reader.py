@@ -285,3 +285,15 @@ def test_kill_9_during_the_initial_snapshot_resnapshots_and_streams_what_happene
     finally:
         if reader.poll() is None:
             reader.kill()
+
+
+def test_bad_settings_fail_fast_with_the_way_out(fresh_kafka, registry_url, postgres, shop_db, tmp_path):
+    from tests.flowkit import cli
+
+    env = reader_env(tmp_path, fresh_kafka, registry_url, shop_db)
+    missing_table = cli(env, "cdc", "--tables", "public.nope", ok=False)
+    assert missing_table.returncode == 2 and "table public.nope does not exist" in missing_table.stderr
+    no_dsn = cli({**env, "STREAMML_CDC_DSN": ""}, "cdc", ok=False)
+    assert no_dsn.returncode == 2 and "--dsn" in no_dsn.stderr
+    wrong_db = cli({**env, "STREAMML_CDC_CONNECT_TIMEOUT_S": "1"}, "cdc", "--dsn", postgres.dsn("nodb"), ok=False)
+    assert wrong_db.returncode == 2 and "cannot reach PostgreSQL" in wrong_db.stderr and "nodb" in wrong_db.stderr
