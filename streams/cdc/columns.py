@@ -175,7 +175,7 @@ def _bytea(text: str) -> bytes:
 
 
 def _bool(text: str) -> bool:
-    return text == "t"
+    return text in ("t", "true")  # pgoutput prints `t`; the snapshot's `::text` cast prints `true`
 
 
 def converter(column: ColumnSpec) -> Converter:

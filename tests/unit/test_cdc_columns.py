@@ -85,7 +85,7 @@ def test_text_values_convert_to_avro_values() -> None:
     texts = ("t", "-5", "9007199254740993", "Infinity", "12.50", "2026-11-23 16:23:23.123456+00",
              "1999-01-08 04:05:06.5", "1970-01-02", "\\x00ff", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "x")
     row = row_of(columns, [converter(c) for c in columns], texts)
-    assert row["b"] is True and row["i"] == -5 and row["l"] == 9007199254740993
+    assert row["b"] is True and converter(ColumnSpec("b", BOOL))("true") is True and row["i"] == -5 and row["l"] == 9007199254740993
     assert math.isinf(row["f"]) and row["n"] == 12.5
     assert row["tz"] == 1_795_451_003_123
     assert row["ts"] == 915_768_306_500
