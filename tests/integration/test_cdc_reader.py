@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg2
 import pytest
 
@@ -26,7 +27,7 @@ from schemas.topics import CDC_ITEMS, CDC_USERS
 from tests.flowkit import flow_env, provision, read_back, start_flow, wait_for_redis
 from tests.oracle import accepted_in_partition_order, expected_features
 from tests.pgkit import DDL, SIGNUP_MS, item, query, sql, user
-from tests.servers import wait_for
+from tests.servers import free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -336,6 +337,39 @@ def test_column_types_round_trip_through_text_output(fresh_kafka, registry_url, 
         assert all(v is None for k, v in empty.items() if k != "id")
         enum = next(f for f in json.loads(latest[2])["fields"][0]["type"][1]["fields"] if f["name"] == "m")
         assert enum["type"][1]["symbols"] == ["sad", "ok", "happy"]
+        assert stop(reader) == 0
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+
+
+def test_unchanged_toasted_values_come_from_the_old_row_or_are_null_and_counted(fresh_kafka, registry_url, shop_db,
+                                                                                tmp_path):
+    big = "x" * 20_000
+    sql(shop_db, "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)",
+        "ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL",  # stored out of line, so pgoutput sends 'u'
+        "CREATE TABLE full_docs (id int PRIMARY KEY, body text, n int)",
+        "ALTER TABLE full_docs ALTER COLUMN body SET STORAGE EXTERNAL", "ALTER TABLE full_docs REPLICA IDENTITY FULL")
+    provision(fresh_kafka)
+    port = free_port()
+    reader = start_reader(reader_env(tmp_path, fresh_kafka, registry_url, shop_db, STREAMML_CDC_SNAPSHOT="never",
+                                     STREAMML_CDC_TABLES="public.docs,public.full_docs",
+                                     STREAMML_CDC_METRICS_PORT=str(port)), tmp_path / "cdc.log", shop_db)
+    try:
+        for table in ("docs", "full_docs"):
+            sql(shop_db, f"INSERT INTO {table} VALUES (1, '{big}', 0)", f"UPDATE {table} SET n = 1 WHERE id = 1")
+        registry = RegistryClient(registry_url)
+        from tests.flowkit import _consume_all
+
+        after = {}
+        for m in _consume_all(fresh_kafka, ["cdc.shop.docs", "cdc.shop.full_docs"], 4, 30):
+            record = AvroCodec(registry.schema_by_id(split_frame(m.value())[0])).decode(split_frame(m.value())[1])
+            after[(m.topic(), record["op"])] = record["after"]
+        assert after[("cdc.shop.docs", "c")]["body"] == big
+        assert after[("cdc.shop.docs", "u")] == {"id": 1, "body": None, "n": 1}  # PostgreSQL did not send it
+        assert after[("cdc.shop.full_docs", "u")] == {"id": 1, "body": big, "n": 1}  # taken from the old row
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'streamml_cdc_skipped_total{reason="unchanged_toast",table="public.docs"} 1.0' in text
         assert stop(reader) == 0
     finally:
         if reader.poll() is None:
