@@ -90,13 +90,17 @@ class ShardState:
 
     def __init__(self, entity: str, states: dict[str, EntityState] | None = None, *, period_ms: int = 60_000,
                  lateness_ms: int = 300_000, pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] | None = None,
-                 high: int = 0):
+                 high: int = 0, frozen: dict[str, bytes] | None = None):
         self.entity = entity
         self.plan = PLANS[entity]
         self.states: dict[str, EntityState] = states if states is not None else {}
         self.period_ms, self.lateness_ms = period_ms, lateness_ms
         self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
         self.high = high
+        # Snapshots re-pickle only the entities changed since the last one: the rest keep their bytes.
+        # Without this, every epoch pickled the whole shard, a cost that grows with the state.
+        self._frozen: dict[str, bytes] = frozen if frozen is not None else {}
+        self._dirty: set[str] = set(self.states) - set(self._frozen)
 
     def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
         """Windows whose end is behind the shard's event time minus lateness (or just behind it if `force`).
@@ -146,6 +150,7 @@ class ShardState:
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
         for eid, ts, values in rows:
             self._log(eid, ts, values)
+        self._dirty.update(touched)
         return EntityWrites(self.entity, rows, max_kts)
 
     def _log(self, eid: str, ts: int, values: dict[str, Any]) -> None:
@@ -159,14 +164,24 @@ class ShardState:
         window[eid] = (ts, values)
 
     def snapshot(self) -> bytes:
-        """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it)."""
-        states = {eid: s.dump() for eid, s in self.states.items()}
-        return pickle.dumps((states, self.pending, self.high), protocol=pickle.HIGHEST_PROTOCOL)
+        """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it); entities
+        unchanged since the previous snapshot are copied as the bytes they were pickled to then."""
+        for eid in self._dirty:
+            state = self.states.get(eid)
+            if state is None:
+                self._frozen.pop(eid, None)
+            else:
+                self._frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
+        self._dirty.clear()
+        return pickle.dumps((self._frozen, self.pending, self.high), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None, **options: int) -> ShardState:
         if snapshot is None:
             return cls(entity, **options)
-        states, pending, high = pickle.loads(snapshot)
-        return cls(entity, {eid: EntityState.load(d) for eid, d in states.items()}, pending=pending, high=high,
-                   **options)
+        frozen, pending, high = pickle.loads(snapshot)
+        if frozen and not isinstance(next(iter(frozen.values())), bytes):  # written before per-entity bytes
+            return cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, pending=pending,
+                       high=high, **options)
+        return cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, pending=pending,
+                   high=high, frozen=frozen, **options)
