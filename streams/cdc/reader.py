@@ -192,8 +192,8 @@ class CdcReader:
                 log.info("snapshotting tables the slot has not covered", tables=[t.qualified for t in missing])
                 temp = self._connect(self.settings.cdc_dsn.get_secret_value(), replication=True)
                 try:
-                    _lsn, snapshot = _create_slot(temp, f"{slot}_snap_{int(time.time())}", temporary=True)
-                    self._snapshot(missing, snapshot, _lsn)
+                    lsn, snapshot = _create_slot(temp, f"{slot}_snap_{int(time.time())}", temporary=True)
+                    self._snapshot(missing, snapshot, lsn, confirms=False)
                 finally:
                     temp.close()
             log.info("resuming from replication slot", slot=slot, confirmed_flush=catalog.confirmed_flush(slot))
@@ -222,8 +222,12 @@ class CdcReader:
                                    "at": datetime.now(UTC).isoformat()}))
         tmp.replace(path)
 
-    def _snapshot(self, tables: list[TableSpec], snapshot: str, lsn: int) -> None:
-        """Emit every row of `tables` as op r, read in the exported snapshot; returns once Kafka has them all."""
+    def _snapshot(self, tables: list[TableSpec], snapshot: str, lsn: int, confirms: bool = True) -> None:
+        """Emit every row of `tables` as op r, read in the exported snapshot; returns once Kafka has them all.
+
+        `confirms`: the snapshot's point may be confirmed to the slot. Not for a temporary slot's snapshot: the
+        slot still has to stream the changes before that point (of every table) first.
+        """
         if not tables:
             self._mark_snapshotted(tables, lsn)
             return
@@ -240,7 +244,7 @@ class CdcReader:
                 cur.execute("COMMIT")
         finally:
             conn.close()
-        self.tracker.commit(txn, lsn)
+        self.tracker.commit(txn, lsn if confirms else self.tracker.confirmed_lsn)
         self._flush(None)
         if self.tracker.failure:
             raise CdcError(f"Kafka refused snapshot records: {self.tracker.failure}; nothing was marked done, "
