@@ -236,6 +236,12 @@ class DriftRuntime:
             CLOSE_DELAY.observe(max(0.0, (now_ms - (window[2] + self.window_ms + self.lateness_ms)) / 1000))
             emitted += records
         if closed:
+            # The saved state no longer holds these windows: their metrics must be in Kafka first, or a
+            # kill -9 right after the close would lose them (a restart re-emits only unsaved closes).
+            left = self.producer.flush(30)
+            if left:
+                log.error("drift metrics not acknowledged by Kafka within 30 s; saving the closed windows anyway",
+                          undelivered=left)
             self._save(set(self.states))
             self._save_streaks()
         return emitted
