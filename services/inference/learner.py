@@ -196,6 +196,7 @@ class Learner:
                 "labels_offsets": {str(p): o for p, o in label_pos.items()},
                 "predictions_offsets": {str(p): o for p, o in self.join.low_water(pred_pos).items()},
                 "roc_auc": auc, "log_loss": loss, "parent": self.parent}
+        self.dead_letters.ensure_delivered()  # the offsets saved below pass the records they stand for
         version = self.store.save(self.model, meta, keep=self.settings.model_keep_versions,
                                   learner_state=self.state)
         self.parent = version

@@ -166,6 +166,8 @@ class DriftRuntime:
         for partition, offset in invalid_upto.items():
             state = self.state(partition)
             state.high_water = max(state.high_water, offset)
+        if totals["invalid"] or totals["late"]:
+            self.dead_letters.ensure_delivered()  # the saved high water (and faust's commit) passes them
         self._save({p for p, *_ in messages})
         for outcome, n in totals.items():
             if n:

@@ -13,8 +13,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from schemas.errors import DecodeError
+from schemas.errors import BrokerError, DecodeError
 from schemas.topics import dlq_topic
+from streams.runtime.logging import get_logger
+
+log = get_logger(__name__)
 
 H_REASON = "streamml.error.reason"
 H_DETAIL = "streamml.error.detail"
@@ -61,11 +64,16 @@ class DeadLetter:
 
 
 class DeadLetterPublisher:
-    """Publishes dead letters with an idempotent producer; counts them per reason via `on_sent`."""
+    """Publishes dead letters with an idempotent producer; counts them per reason via `on_sent`.
+
+    Delivery is checked: `ensure_delivered` blocks until Kafka has every letter and raises if it refused
+    one, so a caller can make it a condition of committing past the records the letters stand for.
+    """
 
     def __init__(self, producer: Producer, on_sent: Callable[[DeadLetter], Any] | None = None):
         self._producer = producer
         self._on_sent = on_sent
+        self._refused: list[str] = []
 
     def publish(self, letter: DeadLetter) -> None:
         headers = letter.headers()
@@ -76,7 +84,8 @@ class DeadLetterPublisher:
                                     (None, None, "key,value")):
             extra = [] if dropped is None else [(H_DROPPED, dropped.encode())]
             try:
-                self._producer.produce(dlq_topic(letter.topic), key=key, value=value, headers=[*headers, *extra])
+                self._producer.produce(dlq_topic(letter.topic), key=key, value=value, headers=[*headers, *extra],
+                                       on_delivery=self._delivered)
                 break
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or dropped == "key,value":
@@ -86,8 +95,32 @@ class DeadLetterPublisher:
             self._on_sent(letter)
 
     def flush(self, timeout_s: float = 10.0) -> int:
-        """Wait for delivery; returns the number of letters still undelivered."""
+        """Wait for delivery; returns the number of letters still undelivered (for shutdown paths)."""
         return self._producer.flush(timeout_s)
+
+    def ensure_delivered(self, warn_after_s: float = 30.0) -> None:
+        """Block until Kafka acknowledged every letter published so far; `BrokerError` if it refused any.
+
+        Call it before committing past the rejected records: a letter still queued would be lost to a crash.
+        """
+        started, warned = time.monotonic(), False
+        while self._producer.flush(1.0):
+            self._raise_refused()
+            if not warned and time.monotonic() - started > warn_after_s:
+                log.warning("dead letters still not acknowledged by Kafka; waiting (is the broker up?)",
+                            waited_s=round(time.monotonic() - started))
+                warned = True
+        self._raise_refused()
+
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._refused.append(f"{msg.topic()}: {err.str()}")
+
+    def _raise_refused(self) -> None:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            raise BrokerError(f"Kafka refused {len(refused)} dead letter(s) (first: {refused[0]}); the records "
+                              "they stand for are not committed, so a restart dead-letters them again")
 
 
 def parse_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

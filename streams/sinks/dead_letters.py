@@ -17,7 +17,7 @@ class _Partition(StatelessSinkPartition[DeadLetter]):
     def write_batch(self, items: list[DeadLetter]) -> None:
         for letter in items:
             self._publisher.publish(letter)
-        self._publisher.flush(30)  # before the epoch can be committed
+        self._publisher.ensure_delivered()  # before the epoch can be committed
 
     def close(self) -> None:
         self._publisher.flush(30)

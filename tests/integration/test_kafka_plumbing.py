@@ -62,3 +62,22 @@ def test_undecodable_record_lands_in_dlq_with_reason_and_original_bytes(kafka_bo
     assert "4242" in headers["streamml.error.detail"]
     assert headers["streamml.source.topic"] == source
     assert (headers["streamml.source.partition"], headers["streamml.source.offset"]) == ("0", "17")
+
+
+def test_dead_letters_kafka_refuses_are_an_error_not_a_silent_loss(hangable_broker, unique):
+    bootstrap = f"127.0.0.1:{hangable_broker.port}"
+    ensure_topics({"bootstrap.servers": bootstrap}, [f"t-{unique}.dlq"], 1)
+    publisher = DeadLetterPublisher(Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                              "message.timeout.ms": 1500}))
+    letter = DeadLetter(f"t-{unique}", 0, 7, b"k", b"v", "invalid_avro", "test")
+    publisher.publish(letter)
+    publisher.ensure_delivered()  # acknowledged: returns
+    hangable_broker.pause()
+    try:
+        publisher.publish(letter)
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="refused 1 dead letter.*not committed"):
+            publisher.ensure_delivered()
+        assert time.monotonic() - started < 15
+    finally:
+        hangable_broker.resume()
