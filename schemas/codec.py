@@ -94,7 +94,12 @@ class AvroCodec:
         stream = io.BytesIO(body)
         try:
             if writer is None or writer is self:
-                return schemaless_reader(stream, self._parsed, None)
-            return schemaless_reader(stream, writer._parsed, self._parsed)
+                record = schemaless_reader(stream, self._parsed, None)
+            else:
+                record = schemaless_reader(stream, writer._parsed, self._parsed)
         except Exception as exc:  # EOFError, StopIteration, UnicodeDecodeError, IndexError, SchemaResolutionError…
             raise DecodeError("invalid_avro", f"{type(exc).__name__}: {exc}") from exc
+        extra = len(body) - stream.tell()
+        if extra:  # a record is exactly its encoding: more bytes mean a corrupt frame or the wrong schema
+            raise DecodeError("invalid_avro", f"{extra} bytes left after the record (wrong schema id or corrupt)")
+        return record

@@ -6,14 +6,16 @@ so records written with an older (BACKWARD-compatible) schema still decode to to
 
 from __future__ import annotations
 
-import time
 from typing import Any, Protocol
+
+from cachetools import TTLCache
 
 from schemas.codec import AvroCodec, frame, split_frame
 from schemas.errors import DecodeError
 from schemas.topics import TopicSpec
 
 _UNKNOWN_ID_TTL_S = 30.0
+_UNKNOWN_IDS_MAX = 10_000  # bounded: random bytes in the id field must not grow memory without end
 
 
 class SchemaSource(Protocol):
@@ -33,7 +35,7 @@ class TopicSerde:
         self._registry = registry
         self._schema_id: int | None = None
         self._writers: dict[int, AvroCodec] = {}
-        self._unknown: dict[int, float] = {}
+        self._unknown: TTLCache[int, bool] = TTLCache(_UNKNOWN_IDS_MAX, _UNKNOWN_ID_TTL_S)
 
     @property
     def schema_id(self) -> int:
@@ -61,11 +63,11 @@ class TopicSerde:
         writer = self._writers.get(schema_id)
         if writer is not None:
             return writer
-        if time.monotonic() - self._unknown.get(schema_id, -1e9) < _UNKNOWN_ID_TTL_S:
+        if schema_id in self._unknown:
             raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
         text = self._registry.schema_by_id(schema_id)  # RegistryError propagates: retry, don't dead-letter
         if text is None:
-            self._unknown[schema_id] = time.monotonic()
+            self._unknown[schema_id] = True
             raise DecodeError("unknown_schema", f"schema id {schema_id} is not in the registry")
         try:
             writer = AvroCodec(text)

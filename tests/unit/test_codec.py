@@ -97,6 +97,37 @@ def test_unknown_schema_id_is_a_decode_error():
     assert err.value.reason == "unknown_schema"
 
 
+def test_trailing_bytes_after_the_record_are_invalid_avro():
+    serde = TopicSerde(CLICKSTREAM, MemoryRegistry())
+    data = serde.serialize(EVENT)
+    assert serde.deserialize(data) == EVENT
+    with pytest.raises(DecodeError, match="1 bytes left after the record") as err:
+        serde.deserialize(data + b"\x00")
+    assert err.value.reason == "invalid_avro"
+
+
+def test_unknown_schema_ids_are_looked_up_once_per_ttl_and_remembered_in_bounded_memory():
+    from schemas.serde import _UNKNOWN_IDS_MAX
+
+    class CountingRegistry(MemoryRegistry):
+        lookups = 0
+
+        def schema_by_id(self, schema_id):
+            self.lookups += 1
+            return super().schema_by_id(schema_id)
+
+    registry = CountingRegistry()
+    serde = TopicSerde(CLICKSTREAM, registry)
+    for _ in range(3):
+        with pytest.raises(DecodeError):
+            serde.deserialize(frame(999, b"\x02x"))
+    assert registry.lookups == 1  # remembered as unknown for a while: no lookup per record
+    for schema_id in range(10_000, 10_000 + _UNKNOWN_IDS_MAX + 500):  # e.g. random bytes where the id goes
+        with pytest.raises(DecodeError):
+            serde.deserialize(frame(schema_id, b"\x02x"))
+    assert len(serde._unknown) <= _UNKNOWN_IDS_MAX
+
+
 def test_records_written_with_an_older_schema_resolve_to_the_contract():
     registry = MemoryRegistry()
     old = {k: v for k, v in CLICKSTREAM.schema.items()}
