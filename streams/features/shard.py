@@ -14,6 +14,7 @@ from typing import Any
 from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import ENTITIES
 from streams.features.state import EntityPlan, EntityState
+from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
 # Topics whose events feed windows (the lateness rule applies to them): derived from the feature list.
@@ -97,6 +98,7 @@ class ShardState:
         self.period_ms, self.lateness_ms = period_ms, lateness_ms
         self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
         self.high = high
+        self._high_cap: int | None = None  # set per batch from its Kafka timestamps (see `apply`)
         # Snapshots re-pickle only the entities changed since the last one: the rest keep their bytes.
         # Without this, every epoch pickled the whole shard, a cost that grows with the state.
         self._frozen: dict[str, bytes] = frozen if frozen is not None else {}
@@ -121,10 +123,11 @@ class ShardState:
     def apply(self, inputs: list[ShardInput]) -> EntityWrites:
         plan, states = self.plan, self.states
         touched: dict[str, EntityState] = {}
-        max_kts = 0
+        max_kts = max((part.max_kafka_ts for part in inputs), default=0)
+        # The log windows close by the shard's event time; an event stamped in the future may not move
+        # it past its Kafka timestamp (plus skew), or it would close windows that are still filling.
+        self._high_cap = max_kts + MAX_CLOCK_SKEW_MS if max_kts > 0 else None
         for part in inputs:
-            if part.max_kafka_ts > max_kts:
-                max_kts = part.max_kafka_ts
             if part.topic in CDC_TOPIC_NAMES:
                 for eid, record in part.rows:
                     state = states.get(eid)
@@ -155,8 +158,10 @@ class ShardState:
 
     def _log(self, eid: str, ts: int, values: dict[str, Any]) -> None:
         """Remember `values` as the entity's latest in the log window holding `ts`."""
-        if ts > self.high:
-            self.high = ts
+        cap = self._high_cap
+        moved = ts if cap is None or ts < cap else cap
+        if moved > self.high:
+            self.high = moved
         k = ts // self.period_ms
         window = self.pending.get(k)
         if window is None:

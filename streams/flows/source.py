@@ -117,7 +117,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
                 continue
             ts = record[time_field]
             if self._windowed:
-                accepted, new_high = admit(ts, high, lateness)
+                accepted, new_high = admit(ts, high, lateness, kts)
                 if not accepted:
                     batch.late.append((offset, record))
                     batch.dead.append(DeadLetter(

@@ -96,7 +96,8 @@ def topic_records(read: TopicRead, spec: TopicSpec, on_records: Callable[[int], 
                         skipped += 1
                         continue
                     if windowed:
-                        accepted, high_ts = admit(record[spec.time_field], high_ts, read.lateness_ms)
+                        accepted, high_ts = admit(record[spec.time_field], high_ts, read.lateness_ms,
+                                                  msg.timestamp()[1])
                         if not accepted:
                             late += 1
                             continue
