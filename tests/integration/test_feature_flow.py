@@ -108,3 +108,30 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
     assert len(keys) == len(set(keys))
     assert all(r["window_start"] <= r["feature_ts"] < r["window_end"] for r in log_rows)
     assert {r["entity"] for r in log_rows} == {"user", "item"}
+
+
+def test_one_event_stamped_an_hour_ahead_does_not_make_the_rest_late(fresh_kafka, registry_url, redis_db_url,
+                                                                      tmp_path):
+    import time
+
+    provision(fresh_kafka, partitions=1)
+    now = int(time.time() * 1000)
+
+    def click(n: int, ts: int) -> tuple:
+        return (CLICKSTREAM, {"event_id": f"e{n}", "user_id": f"u{n % 5}", "session_id": "s", "event_type": "click",
+                              "item_id": f"i{n % 3}", "price": None, "ts": ts, "page": "/", "referrer": None,
+                              "device": "mobile", "country": "DE", "props": {}})
+
+    # a time-zone bug stamps one event 50 min ahead (validation accepts up to 1 h); the rest are honest
+    events = [click(n, now - 60_000 + n * 100) for n in range(50)] + [click(50, now + 50 * 60_000)]
+    events += [click(n, now - 30_000 + n * 100) for n in range(51, 100)]
+    publish(fresh_kafka, registry_url, events)
+    want = expected_features([(spec.name, record) for spec, record in events])  # nothing late
+    flow = start_flow(flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url), tmp_path / "flow.log")
+    try:
+        got = wait_for_redis(redis_db_url, want, 90)
+        assert {k: got.get(k) for k in want if got.get(k) != pytest.approx(want[k])} == {}
+        assert read_dead_letters(fresh_kafka, [CLICKSTREAM.dlq], 1, timeout_s=3) == []
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        flow.wait(30)
