@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from struct import Struct
 from typing import Final, TypeAlias
 
-from schemas.errors import StreammlError
+from schemas.errors import CdcError
 
 PG_EPOCH_MS: Final = 946_684_800_000
 
@@ -44,7 +44,7 @@ _OID_KIND = Struct("!Ic")
 _TEXT, _BINARY, _NULL, _UNCHANGED = b"tbnu"
 
 
-class CdcProtocolError(StreammlError):
+class CdcProtocolError(CdcError):
     """A logical replication message is malformed or uses an unsupported protocol feature."""
 
 

@@ -67,9 +67,10 @@ class TableStream:
         self.spec = spec
         self.topic = spec.topic
         self.schema_id = schema_id
-        self.codec = AvroCodec(envelope_schema(spec))
+        schema = envelope_schema(spec)
+        self.codec = AvroCodec(schema)
         self.converters = [converter(c) for c in spec.columns]
-        self.value_type = f"cdc.{spec.db}.{spec.table}.Value"  # names the union branch: fastavro skips its search
+        self.value_type = f"{schema['namespace']}.Value"  # names the union branch: fastavro skips its search
         self.changes = {op: metrics.CHANGES.labels(spec.qualified, op) for op in "cudr"}
 
     def row(self, values: tuple[Any, ...] | list[Any]) -> dict[str, Any]:

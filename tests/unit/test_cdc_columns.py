@@ -106,3 +106,17 @@ def test_message_keys() -> None:
     assert message_key(USERS, {"user_id": "u7"}) == "u7"
     composite = TableSpec("public", "t", "db", (ColumnSpec("a", INT4, key=True), ColumnSpec("b", TEXT, key=True)))
     assert message_key(composite, {"a": 1, "b": "x"}) == '{"a":1,"b":"x"}'
+
+
+def test_envelopes_encode_with_the_named_row_type_even_when_names_need_sanitising() -> None:
+    from schemas.codec import split_frame
+    from streams.cdc.reader import TableStream
+
+    stream = TableStream(TableSpec("public", "order-lines", "my-shop", ITEMS.columns), schema_id=7)
+    row = {"item_id": "i1", "category": "x", "price": 1.0, "brand": "b"}
+    source = {"version": "t", "connector": "postgresql", "name": "my-shop", "ts_ms": 1, "snapshot": "false",
+              "db": "my-shop", "schema": "public", "table": "order-lines", "txId": 1, "lsn": 2, "pos": None}
+    data = stream.encode({"before": None, "after": (stream.value_type, row), "source": source, "op": "c", "ts_ms": 3})
+    schema_id, body = split_frame(data)
+    assert schema_id == 7 and stream.codec.decode(body)["after"] == row
+    assert stream.topic == "cdc.my-shop.order-lines"
