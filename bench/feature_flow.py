@@ -69,17 +69,22 @@ def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float 
     return time.monotonic() - started
 
 
-def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int) -> float:
-    """Plain consume + Avro decode of `total` records of the serde's topic: the rate any consumer tops out at."""
+def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int, bulk: bool = False) -> float:
+    """Plain consume + Avro decode of `total` records of the serde's topic: the rate any consumer tops out at.
+    `bulk`: decode each consumed list at once into columns (`TopicSerde.deserialize_many`), else one by one."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ceiling", "enable.auto.commit": False})
     consumer.assign([TopicPartition(serde.spec.name, p, 0) for p in range(partitions)])
     n = 0
     started = time.monotonic()
     while n < total:
-        for msg in consumer.consume(5000, 1.0):
-            if not msg.error():
+        messages = [m for m in consumer.consume(5000, 1.0) if not m.error()]
+        if bulk:
+            decoded = serde.deserialize_many([m.value() for m in messages])
+            assert not decoded.errors, decoded.errors
+        else:
+            for msg in messages:
                 serde.deserialize(msg.value(), msg.partition(), msg.offset())
-                n += 1
+        n += len(messages)
     elapsed = time.monotonic() - started
     consumer.close()
     return total / elapsed

@@ -6,13 +6,20 @@ so records written with an older (BACKWARD-compatible) schema still decode to to
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
-from schemas.codec import AvroCodec, frame, split_frame
+from schemas.codec import HEADER_SIZE, MAGIC_BYTE, AvroCodec, frame, split_frame
 from schemas.errors import DecodeError
 from schemas.topics import TopicSpec
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from schemas.bulk import BulkDecoder
 
 _UNKNOWN_ID_TTL_S = 30.0
 _UNKNOWN_IDS_MAX = 10_000  # bounded: random bytes in the id field must not grow memory without end
@@ -26,6 +33,15 @@ class SchemaSource(Protocol):
     def schema_by_id(self, schema_id: int) -> str | None: ...
 
 
+@dataclass
+class Decoded:
+    """What `TopicSerde.deserialize_many` made of a list of values, by their index in it."""
+
+    columns: list[tuple[list[int], pa.RecordBatch]] = field(default_factory=list)  # decoded in bulk
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # decoded one by one
+    errors: dict[int, DecodeError] = field(default_factory=dict)  # not located: the caller knows where
+
+
 class TopicSerde:
     """Encodes and decodes the values of one contract topic."""
 
@@ -36,6 +52,7 @@ class TopicSerde:
         self._schema_id: int | None = None
         self._writers: dict[int, AvroCodec] = {}
         self._unknown: TTLCache[int, bool] = TTLCache(_UNKNOWN_IDS_MAX, _UNKNOWN_ID_TTL_S)
+        self._bulk: BulkDecoder | None = None
 
     @property
     def schema_id(self) -> int:
@@ -58,6 +75,43 @@ class TopicSerde:
             return self.codec.decode(body, self._writer(schema_id))
         except DecodeError as exc:
             raise exc.located(self.spec.name, partition, offset) from exc
+
+    def deserialize_many(self, values: Sequence[bytes | None], bulk_min: int = 64) -> Decoded:
+        """Decode many framed values: those written with the contract schema (at least `bulk_min` of them)
+        into Arrow columns at once (`schemas.bulk`), the rest one by one as `deserialize` would; a batch
+        the bulk decoder refuses is decoded one by one, so the result is always what `deserialize` gives."""
+        out = Decoded()
+        by_id: dict[int, list[int]] = {}
+        for i, data in enumerate(values):
+            if data is not None and len(data) > HEADER_SIZE and data[0] == MAGIC_BYTE:
+                by_id.setdefault(int.from_bytes(data[1:HEADER_SIZE], "big"), []).append(i)
+            else:
+                try:
+                    split_frame(data)
+                except DecodeError as exc:
+                    out.errors[i] = exc
+        for schema_id, indices in by_id.items():
+            try:
+                writer = self._writer(schema_id)
+            except DecodeError as exc:
+                out.errors.update(dict.fromkeys(indices, exc))
+                continue
+            bodies = [memoryview(values[i])[HEADER_SIZE:] for i in indices]  # type: ignore[index]
+            if writer is self.codec and len(indices) >= bulk_min:
+                if self._bulk is None:
+                    from schemas.bulk import BulkDecoder
+
+                    self._bulk = BulkDecoder(self.codec.schema)
+                batch = self._bulk.decode(bodies)
+                if batch is not None:
+                    out.columns.append((indices, batch))
+                    continue
+            for i, body in zip(indices, bodies, strict=True):
+                try:
+                    out.records[i] = self.codec.decode(body, writer)
+                except DecodeError as exc:
+                    out.errors[i] = exc
+        return out
 
     def _writer(self, schema_id: int) -> AvroCodec:
         writer = self._writers.get(schema_id)

@@ -8,7 +8,7 @@ import faust
 from faust.types import TP, TransportT
 
 from schemas.topics import PREDICTIONS
-from streams.drift.intake import BatchIntake, BulkTransport
+from streams.drift.intake import BatchIntake, BulkTransport, ack_offsets
 from streams.drift.job import DriftRuntime
 from streams.kafka.security import faust_credentials
 from streams.runtime.lifecycle import serve_metrics
@@ -51,12 +51,11 @@ def build_app(settings: DriftSettings, runtime: DriftRuntime) -> faust.App:
     @app.task
     async def count() -> None:
         while not app.should_stop:
-            messages = await intake.take(settings.drift_batch_within_s)
-            if messages:
-                runtime.process([(m.partition, m.offset, m.key, m.value) for m in messages])
-                consumer = app.consumer
-                for m in messages:
-                    m.ack(consumer)  # faust may commit these offsets now: their counts are saved
+            chunks = await intake.take(settings.drift_batch_within_s)
+            if chunks:
+                runtime.process([(tp.partition, r.offset, r.key, r.value) for tp, records in chunks for r in records])
+                for tp, records in chunks:  # faust may commit these offsets now: their counts are saved
+                    ack_offsets(app.consumer, tp, [r.offset for r in records])
 
     @app.on_partitions_revoked.connect
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:

@@ -18,16 +18,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge, Histogram
 
-from schemas.errors import DecodeError
 from schemas.registry import RegistryClient
-from schemas.serde import TopicSerde
+from schemas.serde import Decoded, TopicSerde
 from schemas.topics import DRIFT_METRICS, PREDICTIONS
 from streams.drift.autoref import FirstWindows
+from streams.drift.batch import PredictionBatch
 from streams.drift.psi import SustainedAlerts
 from streams.drift.reference import Profile, ProfileStore
 from streams.drift.windows import PartitionState, apply, close_due, window_metrics, window_start
@@ -124,43 +125,38 @@ class DriftRuntime:
 
     def process(self, messages: list[tuple[int, int, bytes | None, bytes | None]]) -> dict[str, int]:
         """Count (partition, offset, key, value) records; saves every touched partition's state."""
-        by_partition: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-        originals: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}  # what a dead letter carries
         invalid_upto: dict[int, int] = {}
         totals = {"counted": 0, "late": 0, "unprofiled": 0, "duplicate": 0, "invalid": 0, "reference": 0}
-        for partition, offset, key, value in messages:
-            if offset <= self.state(partition).high_water:
-                totals["duplicate"] += 1  # re-read after a restart: dead-lettered or counted before
-                continue
-            try:
-                record = self.serde.deserialize(value, partition, offset)
-            except DecodeError as exc:
-                self.dead_letters.publish(DeadLetter.from_error(exc, key, value))
-                invalid_upto[partition] = max(invalid_upto.get(partition, -1), offset)
-                totals["invalid"] += 1
-                continue
-            by_partition.setdefault(partition, []).append((offset, record))
-            originals[(partition, offset)] = (key, value)
+        high = {p: self.state(p).high_water for p in {m[0] for m in messages}}
+        fresh = [m for m in messages if m[1] > high[m[0]]]  # else re-read after a restart: counted before
+        totals["duplicate"] = len(messages) - len(fresh)
+        decoded = self.serde.deserialize_many([m[3] for m in fresh])
+        for i, exc in decoded.errors.items():
+            partition, offset, key, value = fresh[i]
+            self.dead_letters.publish(DeadLetter.from_error(exc.located(PREDICTIONS.name, partition, offset), key, value))
+            invalid_upto[partition] = max(invalid_upto.get(partition, -1), offset)
+        totals["invalid"] = len(decoded.errors)
         watermark = self.watermark()
-        for partition, items in by_partition.items():
-            items.sort(key=lambda item: item[0])
-            items, referenced = self._reference_period(items)
+        for partition, batch in self._by_partition(fresh, decoded).items():
+            batch, referenced = self._reference_period(batch)
             if referenced:
                 totals["reference"] += len(referenced)
                 invalid_upto[partition] = max(invalid_upto.get(partition, -1), max(referenced))
-            result = apply(self.state(partition), items, window_ms=self.window_ms, lateness_ms=self.lateness_ms,
+            result = apply(self.state(partition), batch, window_ms=self.window_ms, lateness_ms=self.lateness_ms,
                            watermark=watermark, profile_of=self.profile)
-            for offset, record in result.late:
-                key, value = originals[(partition, offset)]
-                self.dead_letters.publish(DeadLetter(
-                    PREDICTIONS.name, partition, offset, key, value, "late",
-                    f"window {window_start(record['ts'], self.window_ms)} already closed (lateness "
-                    f"{self.lateness_ms} ms)"))
-            for _, record in result.unprofiled:
-                self._warn_unprofiled(record["model"], record["model_version"])
+            if result.late:
+                originals = {m[1]: m for m in fresh if m[0] == partition}
+                for offset, record in result.late:
+                    key, value = originals[offset][2:]
+                    self.dead_letters.publish(DeadLetter(
+                        PREDICTIONS.name, partition, offset, key, value, "late",
+                        f"window {window_start(record['ts'], self.window_ms)} already closed (lateness "
+                        f"{self.lateness_ms} ms)"))
+            for model, version in result.unprofiled:
+                self._warn_unprofiled(model, version)
             totals["counted"] += result.counted
             totals["late"] += len(result.late)
-            totals["unprofiled"] += len(result.unprofiled)
+            totals["unprofiled"] += sum(result.unprofiled.values())
             totals["duplicate"] += result.duplicates
         # after apply: a bad (or reference-period) record must not hide earlier good ones
         for partition, offset in invalid_upto.items():
@@ -177,35 +173,67 @@ class DriftRuntime:
             self._last_record_s = time.monotonic()
             if self._first_record_s is None:
                 self._first_record_s = self._last_record_s
-            for partition in by_partition:
+            for partition in {m[0] for m in fresh}:
                 self._seen_s[partition] = self._last_record_s
         return totals
 
-    def _reference_period(self, items: list[tuple[int, dict[str, Any]]]
-                          ) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+    @staticmethod
+    def _by_partition(fresh: list[tuple[int, int, bytes | None, bytes | None]], decoded: Decoded
+                      ) -> dict[int, PredictionBatch]:
+        """The decoded records of each partition as one batch: columns straight from the bulk decode when a
+        partition's records all came from one bulk batch (the usual case), else built from dicts."""
+        partition_of = np.fromiter((m[0] for m in fresh), dtype=np.int64, count=len(fresh))
+        offsets = np.fromiter((m[1] for m in fresh), dtype=np.int64, count=len(fresh))
+        source = np.full(len(fresh), -1, dtype=np.int64)  # index into decoded.columns, -1: a dict (or an error)
+        for n, (indices, _) in enumerate(decoded.columns):
+            source[indices] = n
+        bulk = [PredictionBatch.from_arrow(offsets[indices], batch) for indices, batch in decoded.columns]
+        row_in_bulk = np.full(len(fresh), -1, dtype=np.int64)
+        for indices, _ in decoded.columns:
+            row_in_bulk[indices] = np.arange(len(indices))
+        out: dict[int, PredictionBatch] = {}
+        for partition in np.unique(partition_of).tolist():
+            mine = np.flatnonzero(partition_of == partition)
+            sources = set(source[mine].tolist())
+            if len(sources) == 1 and -1 not in sources:
+                whole = bulk[sources.pop()]
+                keep = np.zeros(len(whole), dtype=bool)
+                keep[row_in_bulk[mine]] = True
+                out[partition] = whole.subset(keep)
+                continue
+            items = []
+            for i in mine.tolist():
+                if i in decoded.records:
+                    items.append((int(offsets[i]), decoded.records[i]))
+                elif source[i] >= 0:
+                    items.append((int(offsets[i]), bulk[source[i]].records([row_in_bulk[i]])[0]))
+            if items:
+                out[partition] = PredictionBatch.from_records(items)
+        return out
+
+    def _reference_period(self, batch: PredictionBatch) -> tuple[PredictionBatch, list[int]]:
         """Split off the records that belong to an automatic reference period (sampled, not measured):
         returns (the records to measure, the offsets of those taken for the reference)."""
-        if self.first_windows is None:
-            return items, []
-        pending = [(o, r) for o, r in items if self.profile(r["model"], r["model_version"]) is None]
-        taken_offsets: set[int] = set()
-        if pending:
-            taken, built = self.first_windows.take([r for _, r in pending])
-            for profile in built:
-                self._profiles[(profile.model, profile.model_version)] = (time.monotonic(), profile)
-                log.info("automatic reference built", model=profile.model, version=profile.model_version,
-                         source=profile.source)
-            taken_offsets = {o for (o, _), took in zip(pending, taken, strict=True) if took}
-        keep, referenced = [], []
-        for offset, record in items:
-            profile = self.profile(record["model"], record["model_version"])
-            in_period = offset in taken_offsets or (
-                profile is not None and profile.automatic and record["ts"] < (profile.until_ms or 0))
-            if in_period:
-                referenced.append(offset)
-            else:
-                keep.append((offset, record))
-        return keep, referenced
+        if self.first_windows is None or not len(batch):
+            return batch, []
+        taken = np.zeros(len(batch), dtype=bool)
+        for code, (model, version) in enumerate(batch.versions):
+            of_version = batch.version_codes == code
+            profile = self.profile(model, version)
+            if profile is None:
+                rows = np.flatnonzero(of_version)
+                took, built = self.first_windows.take(batch.records(rows))
+                for done in built:
+                    self._profiles[(done.model, done.model_version)] = (time.monotonic(), done)
+                    log.info("automatic reference built", model=done.model, version=done.model_version,
+                             source=done.source)
+                taken[rows[np.asarray(took, dtype=bool)]] = True
+                profile = self.profile(model, version)
+            if profile is not None and profile.automatic:
+                taken |= of_version & (batch.ts < (profile.until_ms or 0))
+        if not taken.any():
+            return batch, []
+        return batch.subset(~taken), batch.offsets[taken].tolist()
 
     def profile(self, model: str, version: str) -> Profile | None:
         """The stored reference of a model version (re-checked every 10 s while there is none)."""

@@ -9,14 +9,15 @@ passes its end by the allowed lateness; a record for a window already closed is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from streams.drift.batch import PredictionBatch
 from streams.drift.psi import SustainedAlerts, histogram, psi, severity, z_score
-from streams.drift.reference import DTYPES, SCORE, Profile
+from streams.drift.reference import SCORE, Profile
 
 WindowId = tuple[str, str, int]  # (model, model_version, window start ms)
 
@@ -56,51 +57,69 @@ class Batch:
     counted: int = 0
     duplicates: int = 0
     late: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    unprofiled: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    unprofiled: dict[tuple[str, str], int] = field(default_factory=dict)  # (model, version) -> rows
 
 
 def window_start(ts: int, window_ms: int) -> int:
     return ts - ts % window_ms
 
 
-def apply(state: PartitionState, items: Iterable[tuple[int, dict[str, Any]]], *, window_ms: int,
+def apply(state: PartitionState, items: PredictionBatch | Sequence[tuple[int, dict[str, Any]]], *, window_ms: int,
           lateness_ms: int, watermark: int, profile_of: Callable[[str, str], Profile | None]) -> Batch:
-    """Count one partition's (offset, PredictionLog record) items, in offset order, into `state`.
+    """Count one partition's records (a `PredictionBatch`, or (offset, PredictionLog dict) pairs) into `state`.
 
-    `watermark` is the job-wide one before this batch: windows it has closed take no more rows.
+    `watermark` is the job-wide one before this batch: windows it has closed take no more rows. A record
+    at or below the state's high water was counted (or dead-lettered) before: a duplicate.
     """
+    batch = items if isinstance(items, PredictionBatch) else PredictionBatch.from_records(list(items))
     out = Batch()
-    groups: dict[WindowId, list[dict[str, Any]]] = {}
-    for offset, record in items:
-        if offset <= state.high_water:
-            out.duplicates += 1
+    if not len(batch):
+        return out
+    order = np.argsort(batch.offsets, kind="stable")
+    offsets = batch.offsets[order]
+    fresh = np.zeros(len(batch), dtype=bool)
+    fresh[order] = (offsets > state.high_water) & np.r_[True, offsets[1:] != offsets[:-1]]
+    out.duplicates = int(len(batch) - fresh.sum())
+    if not fresh.any():
+        return out
+    state.high_water = max(state.high_water, int(offsets[-1]))
+    start = batch.ts - batch.ts % window_ms
+    late = fresh & (start <= watermark - window_ms - lateness_ms)  # not start + …: ts near 2**63 would wrap
+    if late.any():
+        rows = np.flatnonzero(late)
+        out.late = list(zip(batch.offsets[rows].tolist(), batch.records(rows), strict=True))
+    on_time = fresh & ~late
+    if not on_time.any():
+        return out
+    state.watermark = max(state.watermark, int(batch.ts[on_time].max()))
+    for code, (model, version) in enumerate(batch.versions):
+        of_version = on_time & (batch.version_codes == code)
+        if not of_version.any():
             continue
-        state.high_water = offset
-        start = window_start(record["ts"], window_ms)
-        if start + window_ms + lateness_ms <= watermark:
-            out.late.append((offset, record))
+        profile = profile_of(model, version)
+        if profile is None:
+            out.unprofiled[(model, version)] = int(of_version.sum())
             continue
-        state.watermark = max(state.watermark, record["ts"])
-        if profile_of(record["model"], record["model_version"]) is None:
-            out.unprofiled.append((offset, record))
-            continue
-        groups.setdefault((record["model"], record["model_version"], start), []).append(record)
-    for window, records in groups.items():
-        profile = profile_of(window[0], window[1])
-        assert profile is not None
-        counts = state.windows.setdefault(window, Counts())
-        counts.rows += len(records)
-        for name, bins in profile.bins.items():
-            if name == SCORE:
-                values = [r["score"] for r in records]
-            else:
-                values = [v for v in (r["features"].get(name) for r in records) if v is not None]
-            if not values:
-                continue
-            numeric = DTYPES.get(name) != "str"
-            total = float(np.sum(np.asarray(values, dtype=np.float64))) if numeric else 0.0
-            counts.add(name, histogram(bins, values), total, len(values))
-        out.counted += len(records)
+        for start_ms in np.unique(start[of_version]).tolist():
+            rows = of_version & (start == start_ms)
+            counts = state.windows.setdefault((model, version, start_ms), Counts())
+            counts.rows += int(rows.sum())
+            for name, bins in profile.bins.items():
+                numbers, strings = (batch.score[rows], np.zeros(0, np.int64)) if name == SCORE else \
+                    batch.values(name, rows)
+                if bins.numeric:  # a string logged for a numeric feature is not counted
+                    if len(numbers):
+                        counts.add(name, histogram(bins, numbers), float(np.sum(numbers)), len(numbers))
+                elif len(numbers) or len(strings):
+                    index = {c: i for i, c in enumerate(bins.categories or ())}
+                    other = len(bins.expected) - 1
+                    lookup = np.fromiter((index.get(s, other) for s in batch.strings), dtype=np.int64,
+                                         count=len(batch.strings))
+                    binned = np.bincount(lookup[strings], minlength=len(bins.expected)).astype(np.int64)
+                    if len(numbers):  # a number logged for a categorical feature is binned as its text
+                        binned += histogram(bins, [str(v) for v in numbers.tolist()])
+                    counts.add(name, binned, 0.0, len(numbers) + len(strings))
+        out.counted += int(of_version.sum())
     return out
 
 

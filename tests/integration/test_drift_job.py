@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from schemas.codec import frame
+from schemas.registry import RegistryClient
+from schemas.serde import TopicSerde
 from schemas.topics import DRIFT_METRICS, PREDICTIONS
 from streams.drift.psi import histogram, psi
 from streams.drift.reference import SCORE, ProfileStore
@@ -52,11 +55,13 @@ def test_drift_job_survives_sigkill_and_matches_the_oracle(fresh_kafka, registry
     assert profile is not None and profile.rows == 2000 and SCORE in profile.bins
 
     client = redis_lib.Redis.from_url(redis_db_url)
+    corrupt = frame(TopicSerde(PREDICTIONS, RegistryClient(registry_url)).schema_id, b"\x02x")  # id "x", then nothing
     job = _start(env, tmp_path / "drift-1.log")
     try:
-        # one undecodable record among them: dead-lettered, and it must not hide the good ones before it
+        # undecodable records among them: dead-lettered, and they must not hide the good ones before them;
+        # the second is framed with the contract's schema id, so it reaches (and is refused by) the bulk decoder
         publish(fresh_kafka, registry_url, [(PREDICTIONS, r) for r in stream[:1000]],
-                garbage=[(PREDICTIONS, b"not avro at all")])
+                garbage=[(PREDICTIONS, b"not avro at all"), (PREDICTIONS, corrupt)])
         wait_for(lambda: any(client.scan_iter("drift:state:*")), 60, "the job to count the first records")
         time.sleep(1.0)
         job.kill()  # SIGKILL mid-stream
@@ -73,8 +78,9 @@ def test_drift_job_survives_sigkill_and_matches_the_oracle(fresh_kafka, registry
     from tests.flowkit import read_dead_letters
 
     letters = read_dead_letters(fresh_kafka, ["predictions.dlq"], 10**9, timeout_s=3)
-    assert [letter["value"] for letter in letters] == [b"not avro at all"], \
-        [letter.get("streamml.error.reason") for letter in letters]  # nothing late, the bad record once
+    assert [letter["value"] for letter in letters] == [b"not avro at all", corrupt], \
+        [letter.get("streamml.error.reason") for letter in letters]  # nothing late, each bad record once
+    assert letters[1]["streamml.error.reason"] == "invalid_avro"
     latest = {}
     for m in _metrics(fresh_kafka, registry_url):  # a window re-emitted after the kill must say the same
         latest[(m["window_start"], m["feature"])] = m
