@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -43,15 +44,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 # reports what it cost in the run.
 WARMUP_S = 2.0
 TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 512  # as the aiohttp driver's pool had: beyond it, requests queue (their latency still counts)
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; `done(status)` is called once per answer (status -1: connection lost)."""
+    """One keep-alive connection; `done(status)` is called once per answer (status -1: connection lost).
+    A free connection takes the oldest queued request, else goes back to `idle`."""
 
-    def __init__(self, idle: list[_Connection]):
+    def __init__(self, idle: list[_Connection], queued: Any, send: Any, lost: Any):
         import httptools
 
         self.idle = idle
+        self.queued = queued
+        self.send = send
+        self.lost = lost
         self.transport: asyncio.Transport | None = None
         self.done: Any = None
         self.parser = httptools.HttpResponseParser(self)
@@ -64,10 +70,14 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:  # httptools callback
         done, self.done = self.done, None
-        self.idle.append(self)
         done(self.parser.get_status_code())
+        if self.queued:
+            self.send(self, *self.queued.popleft())
+        else:
+            self.idle.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost()
         if self in self.idle:
             self.idle.remove(self)
         if self.done is not None:
@@ -92,6 +102,8 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
     warm_errors: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     idle: list[_Connection] = []
+    queued: collections.deque[tuple[int, float]] = collections.deque()
+    opened = 0  # connections open or opening
     answered = 0
     finished = loop.create_future()
 
@@ -110,10 +122,17 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
         connection.done = lambda status: settle(i, due, status if status != -1 else "ConnectionLost")
         connection.transport.write(requests[i % len(requests)])  # type: ignore[union-attr]
 
+    def lost() -> None:
+        nonlocal opened
+        opened -= 1
+
     async def open_and_send(i: int, due: float) -> None:
+        nonlocal opened
         try:
-            _, connection = await loop.create_connection(lambda: _Connection(idle), target.hostname, target.port)
+            _, connection = await loop.create_connection(lambda: _Connection(idle, queued, send, lost),
+                                                         target.hostname, target.port)
         except OSError as exc:
+            opened -= 1
             settle(i, due, type(exc).__name__)
             return
         send(connection, i, due)
@@ -126,8 +145,11 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
             await asyncio.sleep(delay)
         if idle:
             send(idle.pop(), i, due)
-        else:
+        elif opened < MAX_CONNECTIONS:
+            opened += 1
             loop.create_task(open_and_send(i, due))
+        else:
+            queued.append((i, due))
     sent_s = time.perf_counter() - start - warmup_s
     try:
         await asyncio.wait_for(asyncio.shield(finished), TIMEOUT_S)
@@ -143,7 +165,7 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
             "slow_by_second": {int(k): int(v) for k, v in zip(seconds, counts)}, "requests": n, "ok": int(ok.size),
             "errors": int(n - ok.size), "error_kinds": errors, "achieved_rate": round(n / sent_s, 1),
             "p50_ms": _q(ok, 50), "p90_ms": _q(ok, 90), "p99_ms": _q(ok, 99), "max_ms": _q(ok, 100),
-            "connections": len(idle)}
+            "connections": opened}
 
 
 def _q(values: np.ndarray, q: float) -> float | None:
