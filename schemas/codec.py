@@ -14,6 +14,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
+from schemas.encoder import Unsupported, Write, compile_schema
 from schemas.errors import DecodeError, SchemaError
 
 MAGIC_BYTE = 0
@@ -74,9 +75,20 @@ class AvroCodec:
         self._parsed = parse_schema(strip_logical_types(raw))
         self._name = raw.get("name", "?") if isinstance(raw, dict) else "?"
         self.fingerprint = fingerprint(raw)
+        try:
+            self._fast: Write | None = compile_schema(strip_logical_types(raw))
+        except Unsupported:
+            self._fast = None  # fastavro writes every record
 
     def encode(self, record: dict[str, Any]) -> bytes:
         """The Avro body of `record`; `SchemaError` naming the bad field when it does not fit the schema."""
+        if self._fast is not None:
+            parts: list[bytes] = []
+            try:
+                self._fast(parts, record)
+                return b"".join(parts)
+            except Exception:  # noqa: BLE001, S110 - Unsupported or an odd value: fastavro writes it or says why
+                pass
         out = io.BytesIO()
         try:
             schemaless_writer(out, self._parsed, record)
