@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.codec import strip_logical_types
+from schemas.encoder import zigzag_varint
 
 _PRIMITIVE_FIXED = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 _SLACK = 1 << 31  # records the block claims beyond the bodies (see the module docstring)
@@ -38,17 +39,6 @@ _VARINT_STEPS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
 
 class BulkUnsupported(Exception):
     """The writer schema holds a type the size check does not cover: decode one by one."""
-
-
-def _zigzag_varint(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(byte)
-            return bytes(out)
-        out.append(byte | 0x80)
 
 
 def _varint_size(values: np.ndarray) -> np.ndarray:
@@ -178,10 +168,10 @@ class BulkDecoder:
         self._source = AvroSource
         self._sync = os.urandom(16)
         meta = {b"avro.schema": json.dumps(self.schema).encode(), b"avro.codec": b"null"}
-        header = bytearray(b"Obj\x01") + _zigzag_varint(len(meta))
+        header = bytearray(b"Obj\x01") + zigzag_varint(len(meta))
         for key, value in meta.items():
-            header += _zigzag_varint(len(key)) + key + _zigzag_varint(len(value)) + value
-        self._header = bytes(header + _zigzag_varint(0) + self._sync)
+            header += zigzag_varint(len(key)) + key + zigzag_varint(len(value)) + value
+        self._header = bytes(header + zigzag_varint(0) + self._sync)
 
     def decode(self, bodies: Sequence[bytes | memoryview]) -> pa.RecordBatch | None:
         """All `bodies` as one record batch, or None when the batch must be decoded one by one."""
@@ -189,7 +179,7 @@ class BulkDecoder:
             return None
         lengths = np.fromiter((len(b) for b in bodies), dtype=np.int64, count=len(bodies))
         data = b"".join(bodies)
-        container = b"".join((self._header, _zigzag_varint(len(bodies) + _SLACK), _zigzag_varint(len(data)), data,
+        container = b"".join((self._header, zigzag_varint(len(bodies) + _SLACK), zigzag_varint(len(data)), data,
                               self._sync))
         try:
             source = self._source([lambda: contextlib.nullcontext(io.BytesIO(container))], True, False)

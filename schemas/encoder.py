@@ -29,7 +29,8 @@ class Unsupported(Exception):
     """This value (or schema) is not one the compiled encoder writes: use fastavro."""
 
 
-def _varint(n: int) -> bytes:
+def zigzag_varint(n: int) -> bytes:
+    """An Avro int/long: zig-zag, then 7 bits a byte, low first."""
     n = (n << 1) ^ (n >> 63)
     out = bytearray()
     while n >= 0x80:
@@ -39,28 +40,28 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_SMALL = [_varint(i) for i in range(256)]
+_SMALL = [zigzag_varint(i) for i in range(256)]
 _END = b"\x00"
 
 
 def _long(parts: list[bytes], value: Any, bounds: tuple[int, int] = _INT64) -> None:
     if type(value) is not int or not bounds[0] <= value <= bounds[1]:
         raise Unsupported
-    parts.append(_SMALL[value] if 0 <= value < 256 else _varint(value))
+    parts.append(_SMALL[value] if 0 <= value < 256 else zigzag_varint(value))
 
 
 def _string(parts: list[bytes], value: Any) -> None:
     if type(value) is not str:
         raise Unsupported
     data = value.encode()
-    parts.append(_SMALL[len(data)] if len(data) < 256 else _varint(len(data)))
+    parts.append(_SMALL[len(data)] if len(data) < 256 else zigzag_varint(len(data)))
     parts.append(data)
 
 
 def _bytes(parts: list[bytes], value: Any) -> None:
     if type(value) is not bytes:
         raise Unsupported
-    parts.append(_SMALL[len(value)] if len(value) < 256 else _varint(len(value)))
+    parts.append(_SMALL[len(value)] if len(value) < 256 else zigzag_varint(len(value)))
     parts.append(value)
 
 
@@ -128,7 +129,7 @@ def compile_schema(schema: Any, named: dict[str, Write] | None = None) -> Write:
             named[f"{schema['namespace']}.{name}"] = record
         return record
     if kind == "enum":
-        index = {symbol: _varint(i) for i, symbol in enumerate(schema["symbols"])}
+        index = {symbol: zigzag_varint(i) for i, symbol in enumerate(schema["symbols"])}
 
         def enum(parts: list[bytes], value: Any) -> None:
             try:
@@ -155,7 +156,7 @@ def compile_schema(schema: Any, named: dict[str, Write] | None = None) -> Write:
             if type(value) is not dict:
                 raise Unsupported
             if value:
-                parts.append(_SMALL[len(value)] if len(value) < 256 else _varint(len(value)))
+                parts.append(_SMALL[len(value)] if len(value) < 256 else zigzag_varint(len(value)))
                 for key, item in value.items():
                     _string(parts, key)
                     values(parts, item)
@@ -169,7 +170,7 @@ def compile_schema(schema: Any, named: dict[str, Write] | None = None) -> Write:
             if type(value) not in (list, tuple):
                 raise Unsupported
             if value:
-                parts.append(_SMALL[len(value)] if len(value) < 256 else _varint(len(value)))
+                parts.append(_SMALL[len(value)] if len(value) < 256 else zigzag_varint(len(value)))
                 for item in value:
                     items(parts, item)
             parts.append(_END)
@@ -185,7 +186,7 @@ def _union(branches: list[Any]) -> Write:
     by_type: dict[type, tuple[bytes, Write]] = {}
     for i, name in enumerate(names):  # fastavro writes the first branch that takes the value
         for python_type in _TAKES[name]:
-            by_type.setdefault(python_type, (_varint(i), _PRIMITIVES[name]))
+            by_type.setdefault(python_type, (zigzag_varint(i), _PRIMITIVES[name]))
 
     def union(parts: list[bytes], value: Any) -> None:
         try:

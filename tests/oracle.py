@@ -6,6 +6,7 @@ all accepted events and recomputes each value by scanning them.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -104,3 +105,19 @@ def _entity_values(entity: Entity, events: list[dict], changes: list[tuple[str, 
             num, den = values[f.inputs[0]], values[f.inputs[1]]
             values[f.name] = num / den if den else 0.0
     return values
+
+
+def same(a: Any, b: Any) -> bool:
+    """Structural equality of decoded values where NaN equals NaN, -0.0 differs from 0.0 and int differs
+    from float (plain == says otherwise on all three)."""
+    if isinstance(a, float) and isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b

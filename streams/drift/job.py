@@ -185,12 +185,11 @@ class DriftRuntime:
         partition_of = np.fromiter((m[0] for m in fresh), dtype=np.int64, count=len(fresh))
         offsets = np.fromiter((m[1] for m in fresh), dtype=np.int64, count=len(fresh))
         source = np.full(len(fresh), -1, dtype=np.int64)  # index into decoded.columns, -1: a dict (or an error)
+        row_in_bulk = np.full(len(fresh), -1, dtype=np.int64)
         for n, (indices, _) in enumerate(decoded.columns):
             source[indices] = n
-        bulk = [PredictionBatch.from_arrow(offsets[indices], batch) for indices, batch in decoded.columns]
-        row_in_bulk = np.full(len(fresh), -1, dtype=np.int64)
-        for indices, _ in decoded.columns:
             row_in_bulk[indices] = np.arange(len(indices))
+        bulk = [PredictionBatch.from_arrow(offsets[indices], batch) for indices, batch in decoded.columns]
         out: dict[int, PredictionBatch] = {}
         for partition in np.unique(partition_of).tolist():
             mine = np.flatnonzero(partition_of == partition)

@@ -17,6 +17,7 @@ from schemas.codec import HEADER_SIZE, AvroCodec, frame
 from schemas.errors import DecodeError
 from schemas.serde import Decoded, TopicSerde
 from schemas.topics import CLICKSTREAM, PREDICTIONS
+from tests.oracle import same
 
 PRED_CODEC = AvroCodec(PREDICTIONS.schema)
 CLICK_CODEC = AvroCodec(CLICKSTREAM.schema)
@@ -98,20 +99,6 @@ BULK_DECODED = {"predictions", "mixed"}
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-
-def same(a: Any, b: Any) -> bool:
-    """Structural equality where NaN equals NaN, -0.0 differs from 0.0 and int differs from float."""
-    if isinstance(a, float) and isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            return math.isnan(a) and math.isnan(b)
-        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def _map_fields(schema: dict[str, Any]) -> list[str]:

@@ -22,6 +22,7 @@ from streams.drift.batch import PredictionBatch
 from streams.drift.psi import histogram
 from streams.drift.reference import SCORE, profile_of
 from streams.drift.windows import Batch, Counts, PartitionState, apply
+from tests.oracle import same
 
 # inf and -inf in one window's values sum to NaN (as they did before the columns): expected here
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -87,18 +88,6 @@ watermarks = st.one_of(st.none(), st.integers(-W, 7 * W))  # None: the state's o
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-
-def same(a: Any, b: Any) -> bool:
-    """Structural equality where NaN equals NaN and int differs from float."""
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def decoded(items: list[tuple[int, dict[str, Any]]]) -> tuple[np.ndarray, list[bytes], list[tuple[int, dict]]]:

@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import AvroCodec, strip_logical_types
-from schemas.encoder import Unsupported, compile_schema
+from schemas.encoder import compile_schema
 from schemas.errors import SchemaError
 
 SCHEMAS = {p.stem: json.loads(p.read_text()) for p in sorted(Path("schemas/avro").glob("*.avsc"))}
+# the contract schemas the encoder compiles (the CDC envelopes' ["null", record] unions stay with fastavro,
+# so comparing them with fastavro would compare fastavro with itself)
+COMPILED = sorted(name for name, schema in SCHEMAS.items() if AvroCodec(schema)._fast is not None)
 ODD = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.binary(max_size=5),
                 st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
@@ -66,23 +69,19 @@ def outcome(codec: AvroCodec, record: Any) -> bytes | Exception:
         return exc
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("name", COMPILED)
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_compiled_encoding_equals_fastavro_for_valid_records(name: str, data: st.DataObject) -> None:
     schema = SCHEMAS[name]
     record = data.draw(values(strip_logical_types(schema), {}))
-    try:
-        fast = compile_schema(strip_logical_types(schema))
-    except Unsupported:  # a union with a complex branch (the CDC envelopes' before/after): fastavro writes it
-        assert AvroCodec(schema).encode(record) == fastavro_only(schema).encode(record)
-        return
+    fast = compile_schema(strip_logical_types(schema))
     parts: list[bytes] = []
     fast(parts, record)  # a valid record is written by the compiled encoder, not handed on
     assert b"".join(parts) == fastavro_only(schema).encode(record)
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("name", COMPILED)
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_a_wrong_value_anywhere_gives_what_fastavro_gives(name: str, data: st.DataObject) -> None:
@@ -98,7 +97,7 @@ def test_a_wrong_value_anywhere_gives_what_fastavro_gives(name: str, data: st.Da
 
 def test_the_hot_contract_schemas_compile() -> None:
     for name in ("prediction_log", "clickstream", "label", "drift_metric"):
-        assert AvroCodec(SCHEMAS[name])._fast is not None, name
+        assert name in COMPILED, name
 
 
 def test_a_union_with_a_complex_branch_is_left_to_fastavro() -> None:
