@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 WARMUP_S = 2.0
 TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 512  # as the aiohttp driver's pool had: beyond it, requests queue (their latency still counts)
+IDLE_MAX_S = 2.0  # a connection idle longer is closed, not reused: uvicorn drops idle ones after 5 s, and a
+# request written as the server closes its connection would be counted as the service's error
 
 
 class _Connection(asyncio.Protocol):
@@ -60,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.lost = lost
         self.transport: asyncio.Transport | None = None
         self.done: Any = None
+        self.idle_since = 0.0
         self.parser = httptools.HttpResponseParser(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +77,7 @@ class _Connection(asyncio.Protocol):
         if self.queued:
             self.send(self, *self.queued.popleft())
         else:
+            self.idle_since = time.perf_counter()
             self.idle.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -143,6 +147,8 @@ async def _drive(url: str, bodies: list[bytes], rate: float, duration_s: float, 
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        while idle and time.perf_counter() - idle[0].idle_since > IDLE_MAX_S:  # the oldest are at the front
+            idle.pop(0).transport.close()  # type: ignore[union-attr]
         if idle:
             send(idle.pop(), i, due)
         elif opened < MAX_CONNECTIONS:

@@ -173,7 +173,8 @@ def main() -> None:
             "lag_max_s": max(lag_s) if lag_s else None, "lag_end_s": lag_s[-1] if lag_s else None,
             "requests": serving["requests"], "requests_achieved_rate": serving["achieved_rate"],
             "requests_held": round(serving["achieved_rate"] / args.request_rate, 3),
-            "predict_errors": serving["errors"], "predict_p50_ms": serving["p50_ms"],
+            "predict_errors": serving["errors"], "predict_error_kinds": serving["error_kinds"],
+            "predict_p50_ms": serving["p50_ms"],
             "predict_p99_ms": serving["p99_ms"], "predict_max_ms": serving["max_ms"],
             "rss_mb": {name: {"start": round(steady[0]["rss"][name] or 0, 1), "end": round(steady[-1]["rss"][name] or 0, 1),
                               "slope_mb_per_min": slope_mb_per_min([(s["t"], s["rss"][name]) for s in steady
