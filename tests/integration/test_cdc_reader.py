@@ -219,13 +219,17 @@ def test_alter_table_evolves_the_schema_and_incompatible_changes_stop_the_reader
         first_id = split_frame(next(r for r in rows if r[3]["op"] == "r")[4])[0]
         assert schema_id != first_id
 
-        before = confirmed_flush(shop_db)
         sql(shop_db, "ALTER TABLE users ALTER COLUMN country TYPE integer USING 0",
             "UPDATE users SET country = 7 WHERE user_id = 'u0'")
         assert reader.wait(30) != 0
         assert "not backward compatible" in log.read_text()
         time.sleep(0.5)
-        assert confirmed_flush(shop_db) <= max(before, max(r[3]["source"]["lsn"] for r in rows) + 4096)
+        # the refused transaction is still in the slot: a fixed reader restarted on it gets the update again.
+        # (Its ALTER rewrites the table first, so while it was being written a keepalive may rightly have moved
+        # the slot past the last record sent: a bound on the position itself only held by timing.)
+        messages = query(shop_db, "SELECT data FROM pg_logical_slot_peek_binary_changes('streamml_cdc', NULL, NULL, "
+                                  "'proto_version', '1', 'publication_names', 'streamml_cdc')")
+        assert any(bytes(m[0])[:1] == b"U" for m in messages), [bytes(m[0])[:1] for m in messages]
     finally:
         if reader.poll() is None:
             reader.kill()
