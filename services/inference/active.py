@@ -15,6 +15,7 @@ import redis
 
 from schemas.errors import ModelError
 from services.inference import metrics
+from services.inference.models import Scorer, scorer
 from services.inference.store import ModelStore, parse_active
 from streams.features.keys import ACTIVE_NAMESPACE_KEY, DEFAULT_NAMESPACE, namespace_prefix
 from streams.runtime.logging import get_logger
@@ -29,6 +30,7 @@ class Served:
     version: str | None  # None = cold start: no version activated yet, the prior is served
     model: Any
     pinned: bool = False
+    score: Scorer | None = None  # the model's scorer (`models.scorer`), built once when the version is loaded
 
 
 class ActiveState:
@@ -78,7 +80,7 @@ class ActiveState:
         if version is None or (version == current.version and pinned == current.pinned):
             return
         if version == current.version:
-            self.served = Served(version, current.model, pinned)
+            self.served = Served(version, current.model, pinned, current.score)
             return
         try:
             model = self.store.load(version)
@@ -88,7 +90,7 @@ class ActiveState:
                           version=version, serving=current.version, error=str(exc))
             self._failed = version
             return
-        self.served = Served(version, model, pinned)
+        self.served = Served(version, model, pinned, scorer(model))
         metrics.MODEL_RELOADS.labels(self.model_name).inc()
         if current.version is not None:
             metrics.MODEL_VERSION.remove(self.model_name, current.version)

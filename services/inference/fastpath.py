@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from services.inference import metrics
 from services.inference.contracts import PredictRequest
 from services.inference.predictor import Request as Scored
+from streams.features.definitions import REQUEST_FEATURES
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -31,11 +32,15 @@ PREDICT_PATH, BATCH_PATH = "/v1/predict", "/v1/predict/batch"
 _ONE = TypeAdapter(PredictRequest)
 _MANY = TypeAdapter(list[PredictRequest])
 _JSON = [(b"content-type", b"application/json")]
+_CONTEXT_FIELDS = tuple(f.context_field for f in REQUEST_FEATURES if f.context_field)
 
 
 def scored(body: PredictRequest) -> Scored:
-    """The predictor's view of a validated request body."""
-    return Scored({"user": body.user_id, "item": body.item_id}, body.context.model_dump(exclude_none=True))
+    """The predictor's view of a validated request body: ids, and the typed context fields that were given
+    (other context keys are accepted but feed no feature)."""
+    context = body.context
+    return Scored({"user": body.user_id, "item": body.item_id},
+                  {name: value for name in _CONTEXT_FIELDS if (value := getattr(context, name)) is not None})
 
 
 def validation_body(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -69,7 +69,8 @@ class OnlineFeatures:
             return Fetched(hashes, False)
         metrics.FEATURE_FETCH.observe(time.perf_counter() - started)
         for ref, flat in zip(wanted, results):
-            raw = dict(zip(flat[::2], flat[1::2]))  # RESP2 HGETALL: [field, value, field, value, ...]
+            pairs = iter(flat)
+            raw = dict(zip(pairs, pairs))  # RESP2 HGETALL: [field, value, field, value, ...]
             hashes[ref] = raw
             if self._cache is not None:
                 self._cache[ref] = raw

@@ -30,6 +30,7 @@ log = get_logger(__name__)
 _SLICE = 25  # records per drain step: requests interleave between steps
 _TICK_S = 0.05  # delivery reports, gauges and retries this often
 _RETRY_S = 1.0
+_QUEUED, _DROPPED = metrics.LOG_RECORDS.labels("queued"), metrics.LOG_RECORDS.labels("dropped")
 
 
 class PredictionLogger:
@@ -58,14 +59,21 @@ class PredictionLogger:
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Buffer one PredictionLog record; False (and counted) if the buffer is full."""
-        if len(self._pending) >= self._capacity:
-            self.dropped += 1
-            metrics.LOG_RECORDS.labels("dropped").inc()
-            return False
-        self._pending.append(record)
-        metrics.LOG_RECORDS.labels("queued").inc()
-        self._schedule()
-        return True
+        return self.submit_many([record]) == 1
+
+    def submit_many(self, records: list[dict[str, Any]]) -> int:
+        """Buffer records in order up to the buffer's capacity; the rest are dropped and counted. Returns how
+        many were buffered (one call per batch of predictions: the metric and the scheduling once)."""
+        room = max(self._capacity - len(self._pending), 0)
+        taken = records if len(records) <= room else records[:room]
+        if taken:
+            self._pending.extend(taken)
+            _QUEUED.inc(len(taken))
+            self._schedule()
+        if len(taken) < len(records):
+            self.dropped += len(records) - len(taken)
+            _DROPPED.inc(len(records) - len(taken))
+        return len(taken)
 
     @property
     def buffered(self) -> int:

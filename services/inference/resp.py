@@ -23,14 +23,6 @@ class RespError(Exception):
     """Redis answered with an error, or the connection failed or timed out."""
 
 
-def _pack(args: tuple[str | bytes, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
@@ -88,7 +80,7 @@ class RespClient:
         future = loop.create_future()
         protocol.waiting.append((future, len(commands), []))
         assert protocol.transport is not None
-        protocol.transport.write(b"".join(_pack(c) for c in commands))
+        protocol.transport.write(b"".join(map(hiredis.pack_command, commands)))  # packed in C
         timer = loop.call_later(self._timeout_s, self._expire, protocol, future)
         try:
             replies = await future

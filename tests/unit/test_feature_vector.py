@@ -15,6 +15,13 @@ def test_stored_values_are_typed_and_missing_ones_take_the_declared_default() ->
     assert ts == 1_700_000_000_000
 
 
+def test_an_int_stored_as_a_float_text_is_the_same_int_and_the_other_values_stay_typed() -> None:
+    # the straight-line fill parses ints with int() alone; "3.0" makes it take the general loop
+    values, ts = stored_values("user", {b"views_1h": b"3.0", b"clicks_5m": b"2", b"tier": b"gold", b"_ts": b"5"})
+    assert values["user.views_1h"] == 3 and isinstance(values["user.views_1h"], int)
+    assert values["user.clicks_5m"] == 2 and values["user.tier"] == "gold" and ts == 5
+
+
 def test_an_absent_entity_is_all_defaults_with_no_time() -> None:
     values, ts = stored_values("item", None)
     assert values == defaults_of("item") and ts is None
