@@ -90,9 +90,14 @@ class EntityPlan:
         runs about 3x faster than interpreting `outputs` for every entity of every batch."""
         lines = ["def evaluate(state):", "    t = state.t", "    out = {}"]
         env: dict[str, Any] = {"DAY_MS": DAY_MS}
-        for i, window in enumerate(self.tile_windows):
-            env[f"W{i}"] = window
-            lines.append(f"    tot{i} = W{i}.totals(state.rows[{i}], t)")
+        for i, window in enumerate(self.tile_windows):  # TileWindow.totals, inlined: same sums in the same order
+            sums = [f"tot{i}_{c}" for c in range(window.width)]
+            lines += [f"    rows = state.rows[{i}]", f"    lo = t // {window.tile_ms} - {window.tiles}",
+                      f"    {' = '.join(sums)} = 0.0", "    stale = None", "    for idx, row in rows.items():",
+                      "        if idx <= lo:", "            if stale is None: stale = [idx]",
+                      "            else: stale.append(idx)", "            continue"]
+            lines += [f"        {name} += row[{c}]" for c, name in enumerate(sums)]
+            lines += ["    if stale is not None:", "        for idx in stale: del rows[idx]"]
         for i, window in enumerate(self.distinct_windows):
             env[f"D{i}"] = window
         if any(how[0] in ("attribute", "age_days") for _, how in self.outputs):
@@ -100,12 +105,12 @@ class EntityPlan:
         for f, how in self.outputs:
             name, kind = repr(f.name), how[0]
             if kind == "col":
-                value = f"tot{how[1]}[{how[2]}]"
+                value = f"tot{how[1]}_{how[2]}"
                 lines.append(f"    out[{name}] = {'int(' + value + ')' if f.dtype == 'int' else value}")
             elif kind == "mean":
                 env[f"default_{f.name}"] = f.default
-                lines.append(f"    n = tot{how[1]}[{how[3]}]")
-                lines.append(f"    out[{name}] = tot{how[1]}[{how[2]}] / n if n else default_{f.name}")
+                lines.append(f"    n = tot{how[1]}_{how[3]}")
+                lines.append(f"    out[{name}] = tot{how[1]}_{how[2]} / n if n else default_{f.name}")
             elif kind == "distinct":
                 lines.append(f"    out[{name}] = D{how[1]}.count(state.seen[{how[1]}], t)")
             elif kind == "session_count":
@@ -128,6 +133,57 @@ class EntityPlan:
         exec(compile("\n".join(lines), f"<features of {self.entity.name}>", "exec"), env)  # noqa: S102
         return env["evaluate"]
 
+    @cached_property
+    def _appliers(self) -> tuple[dict[Any, Callable[[EntityState, dict[str, Any], int], None]], Any]:
+        """`apply_event` compiled per event type named in a filter, plus one for every other type: straight-line
+        code touching only the columns that type can match (about 2x faster than interpreting the plan)."""
+        types = {v for c in self.columns for k, v in c.where if k == "event_type"}
+        compiled = {t: self._compile_apply(self.columns_for(t), repr(t)) for t in types}
+        other = self._compile_apply([c for c in self.columns if dict(c.where).get("event_type") is None], "other")
+        return compiled, other
+
+    def _compile_apply(self, columns: list[_Column], label: str) -> Callable[[EntityState, dict[str, Any], int], None]:
+        env: dict[str, Any] = {"MISSING": _MISSING}
+        session = self.session_field
+        lines = ["def apply(state, event, ts):", "    if ts >= state.t:", "        state.t = ts"]
+        if session is not None:
+            lines.append(f"        state.session = event.get({session!r})")
+        lines += ["    t = state.t", "    rows = state.rows"]
+        slots = sorted({c.slot for c in columns})
+        for slot in slots:
+            env[f"W{slot}"] = self.tile_windows[slot]
+            lines.append(f"    r{slot} = MISSING")
+        for n, c in enumerate(columns):
+            tests = []
+            for k, (name, expected) in enumerate(c.where):
+                if expected is NOT_NULL:
+                    tests.append(f"event.get({name!r}) is not None")
+                else:
+                    env[f"E{n}_{k}"] = expected
+                    tests.append(f"event.get({name!r}) == E{n}_{k}")
+            pad = "    "
+            if tests:
+                lines.append(f"    if {' and '.join(tests)}:")
+                pad = "        "
+            lines.append(f"{pad}if r{c.slot} is MISSING: r{c.slot} = W{c.slot}.row_for(rows[{c.slot}], ts, t)")
+            if c.value_field is None:
+                lines.append(f"{pad}if r{c.slot} is not None: r{c.slot}[{c.col}] += 1.0")
+            else:
+                lines.append(f"{pad}v = event.get({c.value_field!r})")
+                lines.append(f"{pad}if r{c.slot} is not None and v is not None: r{c.slot}[{c.col}] += v")
+        for i, (f, _) in enumerate(self.distinct):
+            env[f"D{i}"] = self.distinct_windows[i]
+            lines.append(f"    v = event.get({f.value_field!r})")
+            lines.append(f"    if v is not None: D{i}.add(state.seen[{i}], v, ts, t)")
+        if session is not None:
+            lines += [f"    sid = event.get({session!r})", "    if sid is not None:",
+                      "        entry = state.sessions.get(sid)",
+                      "        if entry is None: state.sessions[sid] = [1, ts]",
+                      "        else:", "            entry[0] += 1", "            if ts > entry[1]: entry[1] = ts"]
+        source = "\n".join(lines)
+        exec(compile(source, f"<apply {self.entity.name} {label}>", "exec"), env)  # noqa: S102
+        return env["apply"]
+
     def columns_for(self, event_type: Any) -> list[_Column]:
         cols = self.columns_by_type.get(event_type)
         if cols is None:
@@ -147,6 +203,7 @@ class _NotNull:
 
 
 NOT_NULL = _NotNull()
+_MISSING = object()  # compiled appliers: "this slot's tile row not looked up yet"
 
 
 def _matches(event: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
@@ -180,7 +237,12 @@ class EntityState:
         return self.t if self.t > self.cdc_ts else self.cdc_ts
 
     def apply_event(self, plan: EntityPlan, event: dict[str, Any], ts: int) -> None:
-        """Fold one accepted clickstream-like event into the windows."""
+        """Fold one accepted clickstream-like event into the windows (code compiled from the plan, per event type)."""
+        compiled, other = plan._appliers
+        compiled.get(event.get("event_type"), other)(self, event, ts)
+
+    def apply_event_interpreted(self, plan: EntityPlan, event: dict[str, Any], ts: int) -> None:
+        """`apply_event` by interpreting the plan: the reference the compiled code is tested against."""
         if ts >= self.t:
             self.t = ts
             if plan.session_field is not None:

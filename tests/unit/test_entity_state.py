@@ -90,3 +90,23 @@ def test_plans_cover_every_feature_once():
     for entity in (USER, ITEM):
         plan = PLANS[entity.name]
         assert [f for f, _ in plan.outputs] == list(features_of(entity))
+
+
+@given(st.integers(0, 2**32), st.integers(1, 200), st.integers(0, 3 * 86_400_000))
+@settings(max_examples=60, deadline=None)
+def test_compiled_apply_leaves_exactly_the_state_the_interpreted_plan_leaves(seed, n, spread):
+    """Same tiles, distinct sets, sessions and times, bit for bit, whatever the event types (unknown and
+    missing ones too), null prices and fields, and out-of-order or out-of-window times."""
+    rnd = random.Random(seed)
+    for plan in PLANS.values():
+        compiled, interpreted = plan.new_state(), plan.new_state()
+        for _ in range(n):
+            event = _event(rnd, T0 + rnd.randint(0, spread), "u1")
+            if rnd.random() < 0.1:
+                event["event_type"] = rnd.choice([None, "refund", 3])
+            if rnd.random() < 0.1:
+                del event[rnd.choice(["price", "item_id", "session_id", "event_type"])]
+            compiled.apply_event(plan, event, event["ts"])
+            interpreted.apply_event_interpreted(plan, event, event["ts"])
+        assert compiled.dump() == interpreted.dump()
+        assert compiled.values(plan) == interpreted.values(plan)
