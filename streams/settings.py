@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
+from streams.runtime.lifecycle import GC_THRESHOLDS
 
 ENV_PREFIX = "STREAMML_"
 _KAFKA_PREFIX = f"{ENV_PREFIX}KAFKA_"
@@ -152,6 +153,8 @@ class FeatureFlowSettings(Settings):
     features_log_period_s: float = Field(
         300.0, gt=0, description="Tumbling window of the offline feature log (one file per window and shard).")
     features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this.")
+    features_gc_thresholds: tuple[int, int, int] = Field(
+        GC_THRESHOLDS, description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
 
     @property
     def recovery_dir(self) -> Path:

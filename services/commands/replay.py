@@ -25,6 +25,7 @@ from rich.text import Text
 from services.commands.times import parse_time
 from streams.features import namespaces
 from streams.replay.rebuild import ReplayRequest, replay
+from streams.runtime.lifecycle import tune_gc
 from streams.settings import FeatureFlowSettings, load_settings
 
 app = typer.Typer(help="Rebuild features from the event log or topics; blue/green namespaces.",
@@ -82,6 +83,7 @@ def rebuild(
     settings = load_settings(FeatureFlowSettings)
     request = ReplayRequest(source, target, namespace or "", parse_time(since, "--since"), parse_time(until, "--until"),
                             dry_run, overwrite)
+    tune_gc(settings.features_gc_thresholds)  # the rebuilt state is millions of small containers, as in the flow
     with _progress() as bar:
         report = replay(settings, request, RichProgress(bar))
     if as_json:

@@ -6,7 +6,6 @@ uvicorn has finished the requests in flight, so every answered prediction gets i
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +26,7 @@ from services.inference.prediction_log import PredictionLogger
 from services.inference.predictor import Predictor
 from services.inference.routes import health, models, predict
 from services.inference.settings import InferenceSettings
+from streams.runtime.lifecycle import tune_gc
 from streams.runtime.logging import get_logger
 
 log = get_logger("inference")
@@ -52,9 +52,7 @@ def create_app(settings: InferenceSettings) -> PredictFastPath:
         app.state.predictor = Predictor(settings.model_name, settings.model_prior, features, active, prediction_log)
         # Latency: move everything built at startup (models, pydantic, FastAPI) out of the cyclic GC's view
         # and collect young objects less often; a full collection otherwise pauses a request for ~10 ms+.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*settings.inference_gc_thresholds)
+        tune_gc(settings.inference_gc_thresholds)
         log.info("inference ready", model=settings.model_name, version=active.served.version,
                  namespace=active.namespace, auth="on" if settings.inference_auth else "OFF (local use)")
         try:

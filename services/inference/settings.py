@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from streams.runtime.lifecycle import GC_THRESHOLDS
 from streams.settings import Settings
 
 
@@ -37,7 +38,7 @@ class InferenceSettings(ModelSettings):
     inference_proxy_headers: bool = Field(False, description="Trust X-Forwarded-* (behind a proxy you run).")
     inference_gil_switch_ms: float = Field(0.5, gt=0, description="sys.setswitchinterval for the service.")
     inference_gc_thresholds: tuple[int, int, int] = Field(
-        (50_000, 20, 100), description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
+        GC_THRESHOLDS, description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
     inference_batch_max: int = Field(1000, ge=1, le=10_000)
     inference_log_buffer: int = Field(100_000, ge=1, description="Predictions held for the log before drops.")
     inference_log_delivery_timeout_ms: int = Field(

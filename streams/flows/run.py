@@ -9,7 +9,7 @@ from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from streams.flows.features import FlowConfig, build_flow, epoch
-from streams.runtime.lifecycle import serve_metrics
+from streams.runtime.lifecycle import serve_metrics, tune_gc
 from streams.runtime.logging import configure_logging
 from streams.settings import FeatureFlowSettings, load_settings
 
@@ -42,9 +42,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     addresses = settings.features_addresses.split(";") if settings.features_addresses else None
     log.info("feature flow starting", metrics_port=port, settings=settings.redacted())
+    flow = build_flow(FlowConfig.from_settings(settings))
+    tune_gc(settings.features_gc_thresholds)  # the flow's state is millions of small containers
     try:
         cli_main(
-            build_flow(FlowConfig.from_settings(settings)),
+            flow,
             workers_per_process=settings.features_workers,
             process_id=settings.features_process_id,
             addresses=addresses,

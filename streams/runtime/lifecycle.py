@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from types import FrameType
@@ -37,3 +38,18 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
     """Serve the default Prometheus registry on `port` (0 = any free port); returns the port used."""
     server, _thread = start_http_server(port, addr=host)
     return server.server_address[1]
+
+
+GC_THRESHOLDS = (50_000, 20, 100)  # Python's default is (700, 10, 10)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Move everything built at startup out of the cyclic GC's view and collect young objects less often.
+
+    Processes that hold millions of small containers (feature state, models) otherwise pay for collections
+    that walk them again and again: in the feature state's benchmark, a third of the time per event.
+    Refcounting still frees everything that is not in a cycle.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
