@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cachetools import TTLCache
 
 from schemas.codec import HEADER_SIZE, MAGIC_BYTE, AvroCodec, frame, split_frame
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, RegistryError
 from schemas.topics import TopicSpec
 
 if TYPE_CHECKING:
@@ -40,6 +40,22 @@ class Decoded:
     columns: list[tuple[list[int], pa.RecordBatch]] = field(default_factory=list)  # decoded in bulk
     records: dict[int, dict[str, Any]] = field(default_factory=dict)  # decoded one by one
     errors: dict[int, DecodeError] = field(default_factory=dict)  # not located: the caller knows where
+    # writer schema not fetched, registry down (only with report_outage): retry from the first, don't dead-letter
+    unavailable: dict[int, RegistryError] = field(default_factory=dict)
+
+    def outcomes(self, n: int) -> list[dict[str, Any] | DecodeError | RegistryError]:
+        """What each of the `n` values became, in order: its record, as `deserialize` returns it, or its error."""
+        out: list[Any] = [None] * n
+        if self.columns:
+            from schemas.bulk import records_of  # imports pyarrow: only once a batch was decoded in bulk
+
+            for indices, batch in self.columns:
+                for i, record in zip(indices, records_of(batch), strict=True):
+                    out[i] = record
+        for found in (self.records, self.errors, self.unavailable):
+            for i, outcome in found.items():
+                out[i] = outcome
+        return out
 
 
 class TopicSerde:
@@ -76,27 +92,39 @@ class TopicSerde:
         except DecodeError as exc:
             raise exc.located(self.spec.name, partition, offset) from exc
 
-    def deserialize_many(self, values: Sequence[bytes | None], bulk_min: int = 64) -> Decoded:
+    def deserialize_many(self, values: Sequence[bytes | None], bulk_min: int = 64, report_outage: bool = False
+                         ) -> Decoded:
         """Decode many framed values: those written with the contract schema (at least `bulk_min` of them)
         into Arrow columns at once (`schemas.bulk`), the rest one by one as `deserialize` would; a batch
-        the bulk decoder refuses is decoded one by one, so the result is always what `deserialize` gives."""
+        the bulk decoder refuses is decoded one by one, so the result is always what `deserialize` gives.
+
+        A `RegistryError` propagates, unless `report_outage`: then the values of that writer schema and of
+        those first met after it are left in `unavailable` (the registry is not asked again), and the
+        first of them is where `deserialize`, value after value, would have raised it."""
         out = Decoded()
-        by_id: dict[int, list[int]] = {}
+        by_header: dict[bytes, list[int]] = {}  # by magic byte and schema id, as they are: cheaper than by id
         for i, data in enumerate(values):
             if data is not None and len(data) > HEADER_SIZE and data[0] == MAGIC_BYTE:
-                by_id.setdefault(int.from_bytes(data[1:HEADER_SIZE], "big"), []).append(i)
+                by_header.setdefault(data[:HEADER_SIZE], []).append(i)
             else:
                 try:
                     split_frame(data)
                 except DecodeError as exc:
                     out.errors[i] = exc
-        for schema_id, indices in by_id.items():
+        groups = [(int.from_bytes(header[1:], "big"), indices) for header, indices in by_header.items()]
+        for n, (schema_id, indices) in enumerate(groups):
             try:
                 writer = self._writer(schema_id)
             except DecodeError as exc:
                 out.errors.update(dict.fromkeys(indices, exc))
                 continue
-            bodies = [memoryview(values[i])[HEADER_SIZE:] for i in indices]  # type: ignore[index]
+            except RegistryError as exc:
+                if not report_outage:
+                    raise
+                for _, rest in groups[n:]:
+                    out.unavailable.update(dict.fromkeys(rest, exc))
+                break
+            bodies = [values[i][HEADER_SIZE:] for i in indices]  # type: ignore[index]  # (copies beat memoryviews)
             if writer is self.codec and len(indices) >= bulk_min:
                 if self._bulk is None:
                     from schemas.bulk import BulkDecoder

@@ -1,16 +1,18 @@
 """Kafka input for the feature flow: one Bytewax partition per topic-partition, decoding in batches.
 
 Each poll becomes one `SourceBatch` (decoded events, dead letters), so the rest of the dataflow pays
-Bytewax's per-item cost once per batch, not per event. Lateness is decided here, per source
-partition, in offset order, so the decision is the same on every run and in replay. The read
-position is also committed to the `streamml-features` group (about once a second and at each
-snapshot), so the ops lag exporter and standard lag tools see the flow; the recovery store, not
-the group, is what a restart resumes from.
+Bytewax's per-item cost once per batch, not per event; its values are decoded together, in bulk
+when they allow it (`TopicSerde.deserialize_many`: the same records as one by one, ~3x faster).
+Lateness is decided here, per source partition, in offset order, so the decision is the same on
+every run and in replay. The read position is also committed to the `streamml-features` group
+(about once a second and at each snapshot), so the ops lag exporter and standard lag tools see the
+flow; the recovery store, not the group, is what a restart resumes from.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,65 @@ class SourceConfig:
     publish_position_s: float = 1.0
 
 
+def _invalid(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> ValidationError | None:
+    """The contract rule `record` breaks, if any: `validate`, returned rather than raised."""
+    try:
+        validate(spec, record, now_ms)
+    except ValidationError as exc:
+        return exc
+    return None
+
+
+@dataclass(slots=True)
+class PollRead:
+    """What one poll of a partition came to: the batch, the partition's new event-time high, and where to go on."""
+
+    batch: SourceBatch
+    high: int | None
+    next_offset: int | None  # after the last message read; None when none was
+    retry_at: int | None  # the registry was unreachable for this offset's schema: read again from here
+
+
+def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool, lateness_ms: int,
+              high: int | None, msgs: Sequence[Any], now_ms: int) -> PollRead:
+    """Decode one poll's messages together and sort them into events, late events and dead letters, in offset
+    order. Messages with a fetch error are skipped (librdkafka retries them); a registry outage stops the
+    read at the first value it concerns, to be retried, never dead-lettered."""
+    batch = SourceBatch(spec.name, partition, ingest_ms=now_ms)
+    time_field = spec.time_field
+    last = retry_at = None
+    fetched = [msg for msg in msgs if msg.error() is None]
+    values = [msg.value() for msg in fetched]
+    outcomes = serde.deserialize_many(values, report_outage=True).outcomes(len(values))
+    for msg, value, record in zip(fetched, values, outcomes, strict=True):
+        offset = msg.offset()
+        kts = msg.timestamp()[1]
+        if isinstance(record, RegistryError):
+            retry_at = offset
+            break
+        last = offset
+        if kts > batch.max_kafka_ts:
+            batch.max_kafka_ts = kts
+        error = record if isinstance(record, DecodeError) else _invalid(spec, record, now_ms)
+        if error is not None:
+            err = error.located(spec.name, partition, offset)
+            batch.dead.append(DeadLetter.from_error(err, msg.key(), value, kts))
+            continue
+        ts = record[time_field]
+        if windowed:
+            accepted, new_high = admit(ts, high, lateness_ms, kts)
+            if not accepted:
+                batch.late.append((offset, record))
+                batch.dead.append(DeadLetter(
+                    spec.name, partition, offset, msg.key(), value, LATE,
+                    f"event time {ts} is {high - ts} ms behind the partition's max {high} "
+                    f"(allowed lateness {lateness_ms} ms)", kts))
+                continue
+            high = new_high
+        batch.events.append((offset, record))
+    return PollRead(batch, high, None if last is None else last + 1, retry_at)
+
+
 class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
     def __init__(self, config: SourceConfig, spec: TopicSpec, partition: int, resume: tuple[int, int | None] | None):
         self._config, self._spec, self._partition = config, spec, partition
@@ -87,53 +148,16 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         if not msgs:
             self._publish_position(False)
             return []
-        batch = SourceBatch(self._spec.name, self._partition, ingest_ms=int(time.time() * 1000))
-        now_ms = batch.ingest_ms
-        deserialize = self._serde.deserialize
-        time_field = self._spec.time_field
-        high = self._high_ts
-        lateness = self._config.lateness_ms
-        last = None
-        retry_at = None
-        for msg in msgs:
-            if msg.error() is not None:
-                continue  # transient fetch errors are retried by librdkafka; no offset advance
-            offset = msg.offset()
-            last = offset
-            kts = msg.timestamp()[1]
-            if kts > batch.max_kafka_ts:
-                batch.max_kafka_ts = kts
-            value = msg.value()
-            try:
-                record = deserialize(value, self._partition, offset)
-                validate(self._spec, record, now_ms)
-            except RegistryError:
-                retry_at = offset  # registry down is not the record's fault: retry it, don't dead-letter
-                break
-            except DecodeError as err:
-                if isinstance(err, ValidationError):
-                    err = err.located(self._spec.name, self._partition, offset)
-                batch.dead.append(DeadLetter.from_error(err, msg.key(), value, kts))
-                continue
-            ts = record[time_field]
-            if self._windowed:
-                accepted, new_high = admit(ts, high, lateness, kts)
-                if not accepted:
-                    batch.late.append((offset, record))
-                    batch.dead.append(DeadLetter(
-                        self._spec.name, self._partition, offset, msg.key(), value, LATE,
-                        f"event time {ts} is {high - ts} ms behind the partition's max {high} "
-                        f"(allowed lateness {lateness} ms)", kts))
-                    continue
-                high = new_high
-            batch.events.append((offset, record))
+        read = read_poll(self._spec, self._partition, self._serde, self._windowed, self._config.lateness_ms,
+                         self._high_ts, msgs, int(time.time() * 1000))
+        batch, high = read.batch, read.high
         self._high_ts = high
-        if retry_at is not None:
-            self._consumer.seek(TopicPartition(self._spec.name, self._partition, retry_at))
-            self._offset = retry_at
+        if read.retry_at is not None:
+            self._consumer.seek(TopicPartition(self._spec.name, self._partition, read.retry_at))
+            self._offset = read.retry_at
             time.sleep(0.5)
-        elif last is not None:
-            self._offset = last + 1
+        elif read.next_offset is not None:
+            self._offset = read.next_offset
         self._position.set(self._offset)
         self._events_in.inc(len(msgs))
         for letter in batch.dead:

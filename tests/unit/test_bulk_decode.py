@@ -7,22 +7,25 @@ import math
 import struct
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.bulk import BulkDecoder, encoded_sizes
+from schemas.bulk import BulkDecoder, BulkUnsupported, encoded_sizes, records_of
 from schemas.codec import HEADER_SIZE, AvroCodec, frame
-from schemas.errors import DecodeError
+from schemas.errors import DecodeError, RegistryError
 from schemas.serde import Decoded, TopicSerde
-from schemas.topics import CLICKSTREAM, PREDICTIONS
+from schemas.topics import CDC_ITEMS, CLICKSTREAM, PREDICTIONS
 from tests.oracle import same
 
 PRED_CODEC = AvroCodec(PREDICTIONS.schema)
 CLICK_CODEC = AvroCodec(CLICKSTREAM.schema)
 PRED_BULK = BulkDecoder(PREDICTIONS.schema)
 CLICK_BULK = BulkDecoder(CLICKSTREAM.schema)
+CDC_CODEC = AvroCodec(CDC_ITEMS.schema)
+CDC_BULK = BulkDecoder(CDC_ITEMS.schema)
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(SETTINGS, max_examples=150)
@@ -63,6 +66,48 @@ clicks = st.fixed_dictionaries({
     "props": st.dictionaries(text, text, max_size=4),
 })
 
+item_rows = st.fixed_dictionaries({
+    "item_id": text,
+    "category": st.one_of(st.none(), text),
+    "price": st.one_of(st.none(), doubles),
+    "brand": st.one_of(st.none(), long_text),
+})
+
+changes = st.fixed_dictionaries({  # nullable unions in records, and records in nullable unions
+    "before": st.one_of(st.none(), item_rows),
+    "after": st.one_of(st.none(), item_rows),
+    "source": st.fixed_dictionaries({
+        "version": text, "connector": text, "name": text, "ts_ms": longs, "snapshot": st.one_of(st.none(), text),
+        "db": text, "schema": st.one_of(st.none(), text), "table": text, "txId": st.one_of(st.none(), longs),
+        "lsn": st.one_of(st.none(), longs), "pos": st.one_of(st.none(), longs),
+    }),
+    "op": st.sampled_from(["c", "u", "d", "r"]),
+    "ts_ms": longs,
+})
+
+# Not a contract schema: nullable unions with null second, one holding a record that holds two more.
+NULL_LAST = {"type": "record", "name": "NullLast", "fields": [
+    {"name": "a", "type": ["long", "null"]},
+    {"name": "s", "type": ["string", "null"]},
+    {"name": "inner", "type": [{"type": "record", "name": "Inner", "fields": [
+        {"name": "x", "type": ["null", "double"]},
+        {"name": "e", "type": [{"type": "enum", "name": "Side", "symbols": ["buy", "sell"]}, "null"]},
+    ]}, "null"]},
+    {"name": "m", "type": {"type": "map", "values": "long"}},
+    {"name": "tail", "type": ["null", "long"]},
+]}
+NULL_LAST_CODEC = AvroCodec(NULL_LAST)
+NULL_LAST_BULK = BulkDecoder(NULL_LAST)
+
+null_last = st.fixed_dictionaries({
+    "a": st.one_of(st.none(), longs),
+    "s": st.one_of(st.none(), long_text),
+    "inner": st.one_of(st.none(), st.fixed_dictionaries({
+        "x": st.one_of(st.none(), doubles), "e": st.one_of(st.none(), st.sampled_from(["buy", "sell"]))})),
+    "m": st.dictionaries(text, longs, max_size=3),
+    "tail": st.one_of(st.none(), longs),
+})
+
 # Not a contract schema: the other types the size rule covers (enum, int, boolean, float, bytes, fixed, array).
 MIXED = {"type": "record", "name": "Mixed", "fields": [
     {"name": "e", "type": {"type": "enum", "name": "Color", "symbols": ["red", "green", "blue"]}},
@@ -91,11 +136,10 @@ mixed = st.fixed_dictionaries({
 KINDS = {  # name -> (codec, bulk decoder, record strategy, codec/strategy of another schema)
     "predictions": (PRED_CODEC, PRED_BULK, predictions, CLICK_CODEC, clicks),
     "clickstream": (CLICK_CODEC, CLICK_BULK, clicks, PRED_CODEC, predictions),
+    "cdc": (CDC_CODEC, CDC_BULK, changes, PRED_CODEC, predictions),
+    "null_last": (NULL_LAST_CODEC, NULL_LAST_BULK, null_last, PRED_CODEC, predictions),
     "mixed": (MIXED_CODEC, MIXED_BULK, mixed, PRED_CODEC, predictions),
 }
-# Schemas whose valid bodies must decode in bulk. Clickstream has ["null", T] unions, which arrow-avro
-# decodes as a nullable T without checking the branch index: schemas.bulk refuses them (one by one).
-BULK_DECODED = {"predictions", "mixed"}
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -171,9 +215,6 @@ def test_bulk_rows_equal_one_by_one_decoding(kind: str, data: st.DataObject) -> 
     batch_records = data.draw(st.lists(records, min_size=1, max_size=12))
     bodies = [codec.encode(r) for r in batch_records]
     batch = bulk.decode(bodies)
-    if kind not in BULK_DECODED:
-        assert batch is None
-        return
     assert batch is not None, "valid bodies written by fastavro must decode in bulk"
     assert batch.num_rows == len(bodies)
     rows = rows_of(batch, codec.schema)
@@ -183,6 +224,23 @@ def test_bulk_rows_equal_one_by_one_decoding(kind: str, data: st.DataObject) -> 
         assert same(row, record)  # and fastavro round-trips the record itself
     assert list(encoded_sizes(bulk.schema, pa.StructArray.from_arrays(batch.columns, names=batch.schema.names))) \
         == [len(b) for b in bodies]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@SETTINGS
+@given(data=st.data())
+def test_records_of_a_batch_are_what_one_by_one_decoding_gives(kind: str, data: st.DataObject) -> None:
+    codec, bulk, records, _, _ = KINDS[kind]
+    bodies = [codec.encode(r) for r in data.draw(st.lists(records, min_size=1, max_size=12))]
+    batch = bulk.decode(bodies)
+    assert batch is not None
+    expected = [codec.decode(body) for body in bodies]
+    got = records_of(batch)
+    assert same(got, expected), (got, expected)  # same types too: str for enums, dict for maps, int, float, None
+    start = data.draw(st.integers(0, len(bodies) - 1))
+    assert same(records_of(batch.slice(start, 3)), expected[start:start + 3])
+    if kind == "clickstream":  # every map a dict of its own, empty ones too
+        assert len({id(record["props"]) for record in got}) == len(got)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -228,6 +286,11 @@ _SAMPLE = {
     "clickstream": {"event_id": "e1", "user_id": "u1", "session_id": "s1", "event_type": "purchase", "item_id": "i9",
                     "price": 19.99, "ts": 1_700_000_000_123, "page": "/item/i9", "referrer": None,
                     "device": "mobile", "country": "DE", "props": {"ab": "b"}},
+    "cdc": {"before": None, "after": {"item_id": "i9", "category": "toys", "price": None, "brand": "acme"},
+            "source": {"version": "1", "connector": "pg", "name": "shop", "ts_ms": 1_700_000_000_000, "snapshot": None,
+                       "db": "shop", "schema": "public", "table": "items", "txId": 7, "lsn": None, "pos": 3},
+            "op": "c", "ts_ms": 1_700_000_000_001},
+    "null_last": {"a": 5, "s": None, "inner": {"x": None, "e": "sell"}, "m": {"k": 1}, "tail": None},
 }
 
 
@@ -237,6 +300,97 @@ def _zigzag(n: int) -> bytes:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     return bytes(out + bytes([n]))
+
+
+def _click(i: int, **fields: Any) -> dict[str, Any]:
+    symbols = CLICKSTREAM.schema["fields"][3]["type"]["symbols"]
+    devices = CLICKSTREAM.schema["fields"][9]["type"]["symbols"]
+    return {**_SAMPLE["clickstream"], "event_id": f"e{i}", "user_id": f"ü{i % 7}", "event_type": symbols[i % len(symbols)],
+            "item_id": None if i % 3 == 0 else f"i{i}", "price": None if i % 2 else i * 0.5, "ts": 1_700_000_000_000 + i,
+            "referrer": None if i % 5 else "https://ex.ample/é", "device": devices[i % len(devices)],
+            "props": {f"k{j}": str(i * j) for j in range(i % 4)}, **fields}
+
+
+def test_clickstream_records_decode_in_bulk_as_fastavro_decodes_them() -> None:
+    records = [_click(i) for i in range(40)]
+    bodies = [CLICK_CODEC.encode(r) for r in records]
+    batch = CLICK_BULK.decode(bodies)
+    assert batch is not None
+    got = records_of(batch)
+    assert got == [CLICK_CODEC.decode(b) for b in bodies] == records
+    assert {r["event_type"] for r in got} == set(CLICKSTREAM.schema["fields"][3]["type"]["symbols"])
+    assert {r["device"] for r in got} == set(CLICKSTREAM.schema["fields"][9]["type"]["symbols"])
+    assert {type(r["item_id"]) for r in got} == {str, type(None)} and {type(r["price"]) for r in got} == {float, type(None)}
+    assert max(len(r["props"]) for r in got) == 3 and min(len(r["props"]) for r in got) == 0
+
+
+def _item_id_index(body: bytes) -> int:
+    """Where item_id's branch index is in a clickstream body: after three strings and the enum."""
+    pos = 0
+    for _ in range(3):
+        pos += 1 + body[pos] // 2  # short strings here: a one-byte length
+    return pos + 1
+
+
+CLICK_ID = 1
+
+
+class ClickRegistry:
+    """The clickstream contract under CLICK_ID; looking up any of `down_ids` fails (registry down)."""
+
+    def __init__(self, down_ids: set[int] | None = None) -> None:
+        self.down_ids = down_ids or set()
+
+    def register(self, subject: str, schema: dict[str, Any] | str) -> int:
+        return CLICK_ID
+
+    def schema_by_id(self, schema_id: int) -> str | None:
+        if schema_id in self.down_ids:
+            raise RegistryError("registry down")
+        return json.dumps(CLICKSTREAM.schema) if schema_id == CLICK_ID else None
+
+
+@pytest.mark.parametrize("null_item", [False, True])
+@pytest.mark.parametrize("byte", [0x04, 0x01])
+def test_a_corrupt_branch_index_sends_the_batch_one_by_one(byte: int, null_item: bool) -> None:
+    bodies = [CLICK_CODEC.encode(_click(i, item_id=None if null_item else "x1")) for i in range(100)]
+    pos = _item_id_index(bodies[37])
+    assert bodies[37][pos] == (0x00 if null_item else 0x02)
+    bodies[37] = bodies[37][:pos] + bytes([byte]) + bodies[37][pos + 1:]
+    assert CLICK_BULK.decode(bodies) is None
+    assert CLICK_BULK.decode(bodies[:37] + bodies[38:]) is not None
+    values = [frame(CLICK_ID, b) for b in bodies]
+    serde = TopicSerde(CLICKSTREAM, ClickRegistry())
+    out = serde.deserialize_many(values)
+    assert out.columns == [] and sorted([*out.records, *out.errors]) == list(range(100))
+    outcomes = out.outcomes(100)
+    for i, value in enumerate(values):
+        try:
+            want: Any = serde.deserialize(value)
+        except DecodeError as exc:
+            want = exc.reason
+        got = outcomes[i].reason if isinstance(outcomes[i], DecodeError) else outcomes[i]
+        assert same(got, want), (i, got, want)
+    if byte == 0x04:  # index 2
+        assert list(out.errors) == [37] and out.errors[37].reason == "invalid_avro"
+    elif not null_item:  # index -1: fastavro takes branches[-1] (a Python index), the string that is there
+        assert not out.errors and out.records[37]["item_id"] == "x1"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "record", "name": "A", "fields": [{"name": "xs", "type": {"type": "array", "items": ["null", "long"]}}]},
+    {"type": "record", "name": "M", "fields": [{"name": "m", "type": {"type": "map", "values": ["string", "null"]}}]},
+])
+def test_a_nullable_union_inside_an_array_or_map_is_decoded_one_by_one(schema: dict[str, Any]) -> None:
+    body = AvroCodec(schema).encode({"xs": [1, None, 3]} if schema["name"] == "A" else {"m": {"a": None, "b": "x"}})
+    bulk = BulkDecoder(schema)
+    assert bulk.decode([body] * 3) is None
+    nullable = pa.array([[1, None]], pa.list_(pa.int64())) if schema["name"] == "A" else \
+        pa.array([[("a", None)]], pa.map_(pa.string(), pa.string()))
+    column = pa.StructArray.from_arrays([nullable], names=[schema["fields"][0]["name"]])
+    assert list(encoded_sizes(schema, column)) == [len(AvroCodec(schema).encode(column.to_pylist(maps_as_pydicts="lossy")[0]))]
+    with pytest.raises(BulkUnsupported):
+        encoded_sizes(schema, column, start=np.zeros(1, dtype=np.int64), checks=[])
 
 
 @pytest.mark.parametrize("index", [3, 5, 63, -1, -3])
@@ -319,9 +473,11 @@ def actual_of(out: Decoded, n: int) -> list[dict[str, Any] | str]:
 
 
 def assert_as_deserialize(values: list[bytes | None], out: Decoded) -> None:
-    for i, (got, value) in enumerate(zip(actual_of(out, len(values)), values, strict=True)):
+    actual = actual_of(out, len(values))
+    for i, (got, value) in enumerate(zip(actual, values, strict=True)):
         want = expected_of(value)
         assert same(got, want), (i, value if value is None else value.hex(), got, want)
+    assert same([o.reason if isinstance(o, DecodeError) else o for o in out.outcomes(len(values))], actual)
 
 
 @st.composite
@@ -420,3 +576,43 @@ def test_two_values_whose_boundary_moved_are_decoded_one_by_one() -> None:
     out = TopicSerde(PREDICTIONS, MemoryRegistry()).deserialize_many(values)
     assert out.columns == [] and sorted(out.errors) == [40, 41]
     assert_as_deserialize(values, out)
+
+
+class CountingClickRegistry(ClickRegistry):
+    def __init__(self, down_ids: set[int]) -> None:
+        super().__init__(down_ids)
+        self.lookups: list[int] = []
+
+    def schema_by_id(self, schema_id: int) -> str | None:
+        self.lookups.append(schema_id)
+        return super().schema_by_id(schema_id)
+
+
+def test_an_outage_is_reported_from_where_deserialize_would_raise_it() -> None:
+    good = [frame(CLICK_ID, CLICK_CODEC.encode(_click(i))) for i in range(70)]
+    body = CLICK_CODEC.encode(_click(0))
+    down, unknown, later = 5, 6, 7
+    values: list[bytes | None] = [*good[:30], None, frame(unknown, body), frame(down, body), *good[30:60],
+                                  frame(later, body), frame(down, body), frame(unknown, body), *good[60:]]
+    with pytest.raises(RegistryError):
+        TopicSerde(CLICKSTREAM, ClickRegistry({down})).deserialize_many(values)
+    one_by_one_serde, raised_at = TopicSerde(CLICKSTREAM, ClickRegistry({down})), None
+    for i, value in enumerate(values):
+        try:
+            one_by_one_serde.deserialize(value)
+        except RegistryError:
+            raised_at = i
+            break
+        except DecodeError:
+            pass
+    registry = CountingClickRegistry({down})
+    out = TopicSerde(CLICKSTREAM, registry).deserialize_many(values, report_outage=True)
+    assert min(out.unavailable) == raised_at == 32
+    assert sorted(out.unavailable) == [32, 63, 64]  # the down id's values and those of the id first met after it
+    assert registry.lookups == [CLICK_ID, unknown, down]  # not asked again after it failed
+    assert [i for indices, _ in out.columns for i in indices] == [i for i in range(len(values))
+                                                                  if i not in (30, 31, 32, 63, 64, 65)]
+    assert {i: e.reason for i, e in out.errors.items()} == {30: "empty", 31: "unknown_schema", 65: "unknown_schema"}
+    outcomes = out.outcomes(len(values))
+    assert all(isinstance(outcomes[i], RegistryError) for i in (32, 63, 64))
+    assert outcomes[:30] == [CLICK_CODEC.decode(v[HEADER_SIZE:]) for v in good[:30]]  # type: ignore[index]

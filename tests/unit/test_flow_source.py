@@ -1,0 +1,136 @@
+"""The flow's Kafka source decodes a poll in one go (`read_poll`, pure: messages in, batch out): same events,
+late events, dead letters and retries as decoding value after value."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from schemas import bulk
+from schemas.bulk import records_of
+from schemas.codec import AvroCodec, frame
+from schemas.errors import DecodeError, RegistryError
+from schemas.serde import TopicSerde
+from schemas.topics import CLICKSTREAM
+from schemas.validation import validate
+from streams.flows import source
+from streams.flows.source import read_poll
+from streams.kafka.dlq import DeadLetter
+from streams.windows.lateness import admit
+
+CODEC = AvroCodec(CLICKSTREAM.schema)
+CLICK_ID, UNKNOWN_ID, DOWN_ID = 1, 999, 5
+LATENESS_MS = 60_000
+T0 = int(time.time() * 1000) - 3_600_000
+
+
+class Registry:
+    """The clickstream contract under CLICK_ID; looking up DOWN_ID fails while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def register(self, subject: str, schema: dict[str, Any] | str) -> int:
+        return CLICK_ID
+
+    def schema_by_id(self, schema_id: int) -> str | None:
+        if schema_id == DOWN_ID and self.down:
+            raise RegistryError("registry down")
+        return json.dumps(CLICKSTREAM.schema) if schema_id in (CLICK_ID, DOWN_ID) else None
+
+
+class Msg:
+    def __init__(self, offset: int, value: bytes | None, failed: bool = False) -> None:
+        self._offset, self._value, self._failed = offset, value, failed
+
+    def error(self) -> str | None:
+        return "fetch failed" if self._failed else None
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, T0 + self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"u%d" % self._offset
+
+
+def _read(msgs: list[Msg], registry: Registry, high: int | None = None) -> source.PollRead:
+    return read_poll(CLICKSTREAM, 0, TopicSerde(CLICKSTREAM, registry), True, LATENESS_MS, high, msgs,
+                     int(time.time() * 1000))
+
+
+def _event(offset: int, **changes: Any) -> dict[str, Any]:
+    return {"event_id": f"e{offset}", "user_id": f"u{offset % 9}", "session_id": "s", "event_type": "click",
+            "item_id": f"i{offset}", "price": None if offset % 2 else offset / 4, "ts": T0 + 1000 * offset,
+            "page": "/", "referrer": None, "device": "mobile", "country": "DE",
+            "props": {"ab": "b"} if offset % 3 else {}, **changes}
+
+
+def _good(offset: int, schema_id: int = CLICK_ID) -> bytes:
+    return frame(schema_id, CODEC.encode(_event(offset)))
+
+
+def _one_by_one(msgs: list[Msg]) -> tuple[list[tuple[int, dict[str, Any]]], list[int], list[DeadLetter], int | None]:
+    """(events, late offsets, dead letters but the late ones, high) as decoding each value in turn gives them."""
+    serde, high = TopicSerde(CLICKSTREAM, Registry()), None
+    events, late, dead = [], [], []
+    for msg in msgs:
+        if msg.error() is not None:
+            continue
+        try:
+            record = serde.deserialize(msg.value(), 0, msg.offset())
+            validate(CLICKSTREAM, record, int(time.time() * 1000))
+        except DecodeError as err:
+            err = err.located(CLICKSTREAM.name, 0, msg.offset())
+            dead.append(DeadLetter.from_error(err, msg.key(), msg.value(), msg.timestamp()[1]))
+            continue
+        accepted, high = admit(record["ts"], high, LATENESS_MS, msg.timestamp()[1])
+        if accepted:
+            events.append((msg.offset(), record))
+        else:
+            late.append(msg.offset())
+    return events, late, dead, high
+
+
+@pytest.mark.parametrize("corrupt", [False, True])  # True: one bad body, so the poll is decoded one by one
+def test_a_poll_gives_what_decoding_value_after_value_gives(corrupt: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    converted: list[int] = []
+    monkeypatch.setattr(bulk, "records_of", lambda batch: converted.append(batch.num_rows) or records_of(batch))
+    msgs = [Msg(o, _good(o)) for o in range(70)]
+    msgs += [Msg(70, None), Msg(71, _good(71, UNKNOWN_ID)), Msg(72, None, failed=True),
+             Msg(73, frame(CLICK_ID, CODEC.encode(_event(73, user_id="")))),
+             Msg(74, _good(74)[:-3] if corrupt else _good(74)),
+             Msg(75, frame(CLICK_ID, CODEC.encode(_event(75, ts=T0 - 10 * LATENESS_MS)))),
+             *(Msg(o, _good(o)) for o in range(76, 80))]
+    read = _read(msgs, Registry())
+    batch = read.batch
+    events, late, dead, high = _one_by_one(msgs)
+    assert batch.events == events and [type(r["props"]) for _, r in batch.events] == [dict] * len(events)
+    assert [o for o, _ in batch.late] == late == [75]
+    assert [d for d in batch.dead if d.reason != "late"] == dead
+    assert {d.offset: d.reason for d in batch.dead} == {70: "empty", 71: "unknown_schema", 73: "missing_key",
+                                                        75: "late", **({74: "invalid_avro"} if corrupt else {})}
+    assert (read.next_offset, read.retry_at, read.high) == (80, None, high)
+    assert converted == ([] if corrupt else [77])  # the values of the contract schema, in bulk
+
+
+def test_values_of_an_unreachable_schema_are_retried_not_dead_lettered() -> None:
+    registry = Registry()
+    msgs = [Msg(o, _good(o)) for o in range(70)] + [Msg(70, None), Msg(71, _good(71, DOWN_ID))]
+    msgs += [Msg(o, _good(o)) for o in range(72, 80)]
+    read = _read(msgs, registry)
+    assert [o for o, _ in read.batch.events] == list(range(70))
+    assert [(d.offset, d.reason) for d in read.batch.dead] == [(70, "empty")]
+    assert (read.retry_at, read.next_offset) == (71, 71)
+    registry.down = False
+    again = _read(msgs[71:], registry, read.high)  # the broker delivers again from the retried offset
+    assert again.batch.events == [(o, _event(o)) for o in range(71, 80)] and not again.batch.dead
+    assert (again.next_offset, again.retry_at) == (80, None)
