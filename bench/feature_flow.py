@@ -181,10 +181,11 @@ def wait_reflected(redis_url: str, last_ts: dict[str, int], timeout_s: float, sa
     return not pending
 
 
-def histogram(metrics_url: str, name: str) -> dict[float, float]:
+def histogram(metrics_url: str, name: str, labels: str = "") -> dict[float, float]:
+    """Cumulative bucket counts of one histogram series (`labels`: e.g. 'endpoint="batch",')."""
     text = httpx.get(metrics_url, timeout=5).text
     out = {}
-    for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+    for m in re.finditer(rf'^{name}_bucket{{{re.escape(labels)}le="([^"]+)"}} (\S+)$', text, re.M):
         out[float("inf") if m[1] == "+Inf" else float(m[1])] = float(m[2])
     return out
 
