@@ -95,10 +95,11 @@ def fast_logreg(model: Any) -> Scorer | None:
     # (key, mean, std, weight) per scaled input River would give a non-zero term; a zero variance scales to 0.0
     terms = tuple((k, scaler.means[k], scaler.vars[k] ** 0.5, weights[k]) for k in scaled
                   if k in weights and scaler.vars.get(k, 0.0))
-    required = scaled  # River's Select raises KeyError on a missing input: so does this
+    # River's Select raises KeyError on a missing input: so does this (the inputs no term reads are looked up)
+    unread = tuple(k for k in scaled if k not in {term[0] for term in terms})
 
     def fast(x: dict[str, Any]) -> float:
-        for k in required:
+        for k in unread:
             x[k]
         logit = 0.0
         for k, mean, std, w in terms:

@@ -206,17 +206,6 @@ NOT_NULL = _NotNull()
 _MISSING = object()  # compiled appliers: "this slot's tile row not looked up yet"
 
 
-def _matches(event: dict[str, Any], where: tuple[tuple[str, Any], ...]) -> bool:
-    for name, expected in where:
-        value = event.get(name)
-        if expected is NOT_NULL:
-            if value is None:
-                return False
-        elif value != expected:
-            return False
-    return True
-
-
 class EntityState:
     """Everything needed to compute one entity's features, as plain builtins (cheap to snapshot)."""
 
@@ -237,44 +226,10 @@ class EntityState:
         return self.t if self.t > self.cdc_ts else self.cdc_ts
 
     def apply_event(self, plan: EntityPlan, event: dict[str, Any], ts: int) -> None:
-        """Fold one accepted clickstream-like event into the windows (code compiled from the plan, per event type)."""
+        """Fold one accepted clickstream-like event into the windows (code compiled from the plan, per event type;
+        tests/unit/test_entity_state.py keeps the plan's interpretation as the reference it must equal)."""
         compiled, other = plan._appliers
         compiled.get(event.get("event_type"), other)(self, event, ts)
-
-    def apply_event_interpreted(self, plan: EntityPlan, event: dict[str, Any], ts: int) -> None:
-        """`apply_event` by interpreting the plan: the reference the compiled code is tested against."""
-        if ts >= self.t:
-            self.t = ts
-            if plan.session_field is not None:
-                self.session = event.get(plan.session_field)
-        t = self.t
-        windows, rows = plan.tile_windows, self.rows
-        for c in plan.columns_for(event.get("event_type")):
-            if c.where and not _matches(event, c.where):
-                continue
-            row = windows[c.slot].row_for(rows[c.slot], ts, t)
-            if row is None:
-                continue
-            if c.value_field is None:
-                row[c.col] += 1.0
-            else:
-                value = event.get(c.value_field)
-                if value is not None:
-                    row[c.col] += value
-        for (f, _), window, seen in zip(plan.distinct, plan.distinct_windows, self.seen):
-            value = event.get(f.value_field)
-            if value is not None:
-                window.add(seen, value, ts, t)
-        if plan.session_field is not None:
-            sid = event.get(plan.session_field)
-            if sid is not None:
-                entry = self.sessions.get(sid)
-                if entry is None:
-                    self.sessions[sid] = [1, ts]
-                else:
-                    entry[0] += 1
-                    if ts > entry[1]:
-                        entry[1] = ts
 
     def apply_change(self, plan: EntityPlan, topic: str, op: str, after: dict[str, Any] | None, ts: int) -> None:
         """Fold one CDC change: create/update/snapshot sets the attributes, delete removes them."""
