@@ -289,6 +289,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
+    from cpu import CpuWindow
     from feature_flow import histogram, quantile, start_servers
 
     rnd = random.Random(11)
@@ -313,10 +314,12 @@ def main() -> None:
 
         drive(f"{base}/v1/predict", singles, args.rate, 5, "bench-key")  # warm-up: connections, caches, JIT-less
         floor = drive(f"{base}/healthz", singles, args.rate, min(args.duration, 15), "bench-key")
-        single = drive(f"{base}/v1/predict", singles, args.rate, args.duration, "bench-key")
+        with CpuWindow() as single_cpu:
+            single = drive(f"{base}/v1/predict", singles, args.rate, args.duration, "bench-key")
         server = ("streamml_inference_request_latency_seconds", 'endpoint="batch",')
         before = histogram(f"{base}/metrics", *server)
-        batch = drive(f"{base}/v1/predict/batch", batches, args.batch_rate, min(args.duration, 20), "bench-key")
+        with CpuWindow() as batch_cpu:
+            batch = drive(f"{base}/v1/predict/batch", batches, args.batch_rate, min(args.duration, 20), "bench-key")
         after = histogram(f"{base}/metrics", *server)
         served = {b: after[b] - before.get(b, 0.0) for b in after}  # the service's own clock, receipt to answer
         ready = httpx.get(f"{base}/readyz").json()
@@ -332,6 +335,7 @@ def main() -> None:
             "batch100_server_p50_ms": round(quantile(served, 0.5) * 1000, 2),
             "batch100_server_p99_ms": round(quantile(served, 0.99) * 1000, 2),
             "floor_healthz_p50_ms": floor["p50_ms"], "floor_healthz_p99_ms": floor["p99_ms"],
+            "single_cpu": single_cpu.shares(), "batch_cpu": batch_cpu.shares(),
             "prediction_log": ready["prediction_log"],
             "goal": {"p99_ms": "<= 10 at 1000 req/s, 0 errors", "batch100_p99_ms": "<= 15"},
         })

@@ -85,13 +85,15 @@ class FlowConfig:
     topics: tuple[TopicSpec, ...] = ()
     log_period_ms: int = 300_000
     log_idle_s: float = 30.0
+    fetch_wait_ms: int = 10
 
     @classmethod
     def from_settings(cls, s: FeatureFlowSettings) -> FlowConfig:
         return cls(s.kafka_config(), s.schema_registry_url, s.redis_url, s.data_dir, s.features_shards,
                    int(s.features_lateness_s * 1000), s.features_batch_size,
                    namespace_prefix(s.features_namespace) if s.features_namespace else None,
-                   source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s)
+                   source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s,
+                   s.features_fetch_wait_ms)
 
 
 def build_flow(cfg: FlowConfig) -> Dataflow:
@@ -99,7 +101,7 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
     metadata = AdminClient(cfg.kafka).list_topics(timeout=10)
     parts = [f"{t.name}:{p}" for t in topics if t.name in metadata.topics for p in metadata.topics[t.name].partitions]
     source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, WINDOWED_TOPICS, cfg.lateness_ms,
-                                      batch_size=cfg.batch_size))
+                                      batch_size=cfg.batch_size, fetch_wait_ms=cfg.fetch_wait_ms))
     shards = cfg.shards
 
     flow = Dataflow("streamml-features")

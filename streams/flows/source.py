@@ -1,5 +1,8 @@
 """Kafka input for the feature flow: one Bytewax partition per topic-partition, decoding in batches.
 
+The partitions of a worker read through one shared consumer (`SharedConsumer`): one fetch for all of
+them instead of one per partition, which is most of what an idle flow costs the broker.
+
 Each poll becomes one `SourceBatch` (decoded events, dead letters), so the rest of the dataflow pays
 Bytewax's per-item cost once per batch, not per event; its values are decoded together, in bulk
 when they allow it (`TopicSerde.deserialize_many`: the same records as one by one, ~3x faster).
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING
 
 from schemas.errors import DecodeError, RegistryError, ValidationError
 from schemas.registry import RegistryClient
@@ -26,6 +29,7 @@ from schemas.topics import TopicSpec
 from schemas.validation import validate
 from streams.flows import metrics
 from streams.kafka.dlq import DeadLetter
+from streams.kafka.shared_consumer import SharedConsumer
 from streams.windows.lateness import admit
 
 LATE = "late"
@@ -56,6 +60,7 @@ class SourceConfig:
     group_id: str = "streamml-features"
     batch_size: int = 5000
     publish_position_s: float = 1.0
+    fetch_wait_ms: int = 10  # fetch.wait.max.ms (STREAMML_FEATURES_FETCH_WAIT_MS)
 
 
 def _invalid(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> ValidationError | None:
@@ -123,28 +128,26 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         self._offset, self._high_ts = resume if resume is not None else (OFFSET_BEGINNING, None)
         self._serde = TopicSerde(spec, RegistryClient.shared(config.registry_url))
         self._windowed = spec.name in config.windowed_topics
-        self._consumer = Consumer({
+        self._reader = SharedConsumer.for_thread({
             **config.kafka,
             "group.id": config.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": config.fetch_wait_ms,
             "enable.partition.eof": False,
-        })
-        self._consumer.assign([TopicPartition(spec.name, partition, self._offset)])
+        }, batch_size=config.batch_size)
+        self._reader.assign(spec.name, partition, self._offset)
         self._labels = (spec.name, str(partition))
         self._events_in = metrics.EVENTS_IN.labels(spec.name)
         self._position = metrics.POSITION.labels(*self._labels)
         self._high_watermark = metrics.HIGH_WATERMARK.labels(*self._labels)
-        self._tp = TopicPartition(spec.name, partition)
         self._published_at, self._published = 0.0, -1
 
     def next_batch(self) -> list[SourceBatch]:
-        msgs = self._consumer.consume(self._config.batch_size, 0.005)
-        try:  # from the last fetch response: no network round trip
-            self._high_watermark.set(self._consumer.get_watermark_offsets(self._tp, cached=True)[1])
-        except Exception:
-            pass
+        msgs = self._reader.read(self._spec.name, self._partition)
+        high_watermark = self._reader.high_watermark(self._spec.name, self._partition)
+        if high_watermark is not None:
+            self._high_watermark.set(high_watermark)
         if not msgs:
             self._publish_position(False)
             return []
@@ -153,7 +156,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         batch, high = read.batch, read.high
         self._high_ts = high
         if read.retry_at is not None:
-            self._consumer.seek(TopicPartition(self._spec.name, self._partition, read.retry_at))
+            self._reader.seek(self._spec.name, self._partition, read.retry_at)
             self._offset = read.retry_at
             time.sleep(0.5)
         elif read.next_offset is not None:
@@ -178,8 +181,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
             return
         self._published_at, self._published = clock, self._offset
         try:
-            self._consumer.commit(offsets=[TopicPartition(self._spec.name, self._partition, self._offset)],
-                                  asynchronous=True)
+            self._reader.commit(self._spec.name, self._partition, self._offset)
         except Exception:
             pass
 
@@ -188,7 +190,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         return self._offset, self._high_ts
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close(self._spec.name, self._partition)
 
 
 class EventSource(FixedPartitionedSource[SourceBatch, tuple[int, int | None]]):
