@@ -52,8 +52,8 @@ def event(rnd: random.Random, n: int, users: int, items: int, ts: int) -> dict:
 
 def produce(bootstrap: str, serde: TopicSerde, records: list[dict], rate: float | None = None) -> float:
     """Publish `records` to the serde's topic, keyed per the contract (at `rate`/s, or flat out); seconds taken.
-    Records are encoded before the clock starts: the load generator's Avro work (~15% of a core at 10k/s)
-    would otherwise compete with the flow for the same two cores."""
+    Records are encoded before the clock starts: encoding them on the way took this process to 20-22% of a
+    core at 10k/s here, against 7-12% with them encoded, CPU the flow it measures would not get."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 1_000_000})
     topic = serde.spec.name
@@ -165,8 +165,9 @@ def wait_first_write(redis_url: str, timeout_s: float) -> float:
 def wait_reflected(redis_url: str, last_ts: dict[str, int], timeout_s: float, sample: int = 100,
                    every_s: float = 0.05) -> bool:
     """Wait until Redis reflects every user's last event. Polls a small random sample of the users
-    still pending every `every_s`, then confirms all of them. The poller shares the flow's two cores:
-    500 users every 20 ms took ~30% of a core here (plus Redis' time to answer), 100 every 50 ms ~3%."""
+    still pending every `every_s`, then confirms all of them. The poller shares the flow's two cores: with
+    500 users every 20 ms this process took 28-45% of a core during the flow phase here (plus Redis' time
+    to answer), with 100 every 50 ms 11-16%."""
     client = redis.Redis.from_url(redis_url)
     pending = dict(last_ts)
     rnd = random.Random(0)

@@ -50,9 +50,7 @@ def create_app(settings: InferenceSettings) -> PredictFastPath:
         await prediction_log.start()
         app.state.active, app.state.features, app.state.prediction_log = active, features, prediction_log
         app.state.predictor = Predictor(settings.model_name, settings.model_prior, features, active, prediction_log)
-        # Latency: move everything built at startup (models, pydantic, FastAPI) out of the cyclic GC's view
-        # and collect young objects less often; a full collection otherwise pauses a request for ~10 ms+.
-        tune_gc(settings.inference_gc_thresholds)
+        tune_gc(settings.inference_gc_thresholds)  # a full collection would otherwise pause a request ~10 ms+
         log.info("inference ready", model=settings.model_name, version=active.served.version,
                  namespace=active.namespace, auth="on" if settings.inference_auth else "OFF (local use)")
         try:

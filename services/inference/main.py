@@ -22,8 +22,8 @@ def main() -> None:
         raise SystemExit(2) from exc
     log = configure_logging("inference", settings.log_level, settings.log_format)
     Shutdown()  # uvicorn re-raises SIGTERM after draining; this records it instead of dying with it
-    # The prediction-log thread serializes in batches; with the default 5 ms GIL switch interval a request
-    # arriving meanwhile could wait that long. 0.5 ms bounds the wait to a fraction of the p99 budget.
+    # Other Python threads (model reloads, librdkafka's and prometheus' callbacks) take the GIL now and then;
+    # with the default 5 ms switch interval a request could wait that long. 0.5 ms bounds the wait.
     sys.setswitchinterval(settings.inference_gil_switch_ms / 1000.0)
     log.info("inference starting", url=f"http://{settings.inference_host}:{settings.inference_port}",
              settings=settings.redacted())

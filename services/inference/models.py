@@ -96,7 +96,8 @@ def fast_logreg(model: Any) -> Scorer | None:
     terms = tuple((k, scaler.means[k], scaler.vars[k] ** 0.5, weights[k]) for k in scaled
                   if k in weights and scaler.vars.get(k, 0.0))
     # River's Select raises KeyError on a missing input: so does this (the inputs no term reads are looked up)
-    unread = tuple(k for k in scaled if k not in {term[0] for term in terms})
+    read = {term[0] for term in terms}
+    unread = tuple(k for k in scaled if k not in read)
 
     def fast(x: dict[str, Any]) -> float:
         for k in unread:

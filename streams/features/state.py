@@ -90,14 +90,9 @@ class EntityPlan:
         runs about 3x faster than interpreting `outputs` for every entity of every batch."""
         lines = ["def evaluate(state):", "    t = state.t", "    out = {}"]
         env: dict[str, Any] = {"DAY_MS": DAY_MS}
-        for i, window in enumerate(self.tile_windows):  # TileWindow.totals, inlined: same sums in the same order
-            sums = [f"tot{i}_{c}" for c in range(window.width)]
-            lines += [f"    rows = state.rows[{i}]", f"    lo = t // {window.tile_ms} - {window.tiles}",
-                      f"    {' = '.join(sums)} = 0.0", "    stale = None", "    for idx, row in rows.items():",
-                      "        if idx <= lo:", "            if stale is None: stale = [idx]",
-                      "            else: stale.append(idx)", "            continue"]
-            lines += [f"        {name} += row[{c}]" for c, name in enumerate(sums)]
-            lines += ["    if stale is not None:", "        for idx in stale: del rows[idx]"]
+        for i, window in enumerate(self.tile_windows):  # TileWindow.totals, inlined
+            lines.append(f"    rows = state.rows[{i}]")
+            lines += ["    " + line for line in window.totals_code("rows", "t", [f"tot{i}_{c}" for c in range(window.width)])]
         for i, window in enumerate(self.distinct_windows):
             env[f"D{i}"] = window
         if any(how[0] in ("attribute", "age_days") for _, how in self.outputs):

@@ -190,7 +190,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         return self._offset, self._high_ts
 
     def close(self) -> None:
-        self._reader.close(self._spec.name, self._partition)
+        self._reader.release(self._spec.name, self._partition)
 
 
 class EventSource(FixedPartitionedSource[SourceBatch, tuple[int, int | None]]):

@@ -46,10 +46,6 @@ class SharedConsumer:
             self._consumer = Consumer(self._config)
         return self._consumer
 
-    @property
-    def partitions(self) -> list[Key]:
-        return list(self._buffers)
-
     def assign(self, topic: str, partition: int, offset: int) -> None:
         """Start reading `topic`/`partition` at `offset` (or a logical offset such as OFFSET_BEGINNING); a
         partition still assigned (its flow stopped without closing it) starts over at `offset`."""
@@ -109,7 +105,8 @@ class SharedConsumer:
         self.consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=True)
 
     def release(self, topic: str, partition: int) -> bool:
-        """Stop reading the partition; closes the consumer with the last one. True when none is left."""
+        """Stop reading the partition. With the last one the consumer is closed and `for_thread` forgets it;
+        True then."""
         key = (topic, partition)
         if self._buffers.pop(key, None) is not None and self._consumer is not None:
             self._paused.discard(key)
@@ -123,6 +120,10 @@ class SharedConsumer:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        with self._lock:
+            for shared_key, shared in list(self._shared.items()):
+                if shared is self:
+                    del self._shared[shared_key]
         return True
 
     # --- one per thread ---------------------------------------------------------------------------
@@ -138,11 +139,3 @@ class SharedConsumer:
             if shared is None:
                 shared = cls._shared[key] = cls(config, **options)
             return shared
-
-    def close(self, topic: str, partition: int) -> None:
-        """`release`, and forget this consumer once it has no partition left."""
-        if self.release(topic, partition):
-            with self._lock:
-                for key, shared in list(self._shared.items()):
-                    if shared is self:
-                        del self._shared[key]

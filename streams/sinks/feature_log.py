@@ -23,17 +23,14 @@ from streams.sinks.parquet import hour_partition, write_atomic
 
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}  # feature dtype -> Arrow
 TIMESTAMP = pa.timestamp("ms", tz="UTC")
-_META = ("entity_id", "feature_ts", "window_start", "window_end")  # the columns before the features
+_META = [pa.field("entity_id", pa.string()), pa.field("feature_ts", TIMESTAMP),  # the columns before the features
+         pa.field("window_start", TIMESTAMP), pa.field("window_end", TIMESTAMP)]
 
 
 def feature_log_schema(entity: str) -> pa.Schema:
     """entity_id, feature_ts, window_start, window_end, then one typed column per feature of the entity."""
     defs = next(features_of(e) for e in ENTITIES if e.name == entity)
-    return pa.schema(
-        [pa.field("entity_id", pa.string()), pa.field("feature_ts", TIMESTAMP),
-         pa.field("window_start", TIMESTAMP), pa.field("window_end", TIMESTAMP)]
-        + [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in defs]
-    )
+    return pa.schema(_META + [pa.field(f.name, ARROW_TYPES[f.dtype]) for f in defs])
 
 
 _SCHEMAS = {e.name: feature_log_schema(e.name) for e in ENTITIES}

@@ -27,10 +27,28 @@ class TileWindow:
     Keeping the rows as plain dicts (not objects) makes entity state cheap to snapshot.
     """
 
-    __slots__ = ("tile_ms", "tiles", "width")
+    __slots__ = ("tile_ms", "tiles", "width", "totals")
 
     def __init__(self, tile_ms: int, tiles: int, width: int):
         self.tile_ms, self.tiles, self.width = tile_ms, tiles, width
+        sums = [f"s{c}" for c in range(width)]
+        source = "\n".join(["def totals(rows, t):", *("    " + line for line in self.totals_code("rows", "t", sums)),
+                            f"    return [{', '.join(sums)}]"])
+        env: dict = {}
+        exec(compile(source, f"<totals {tile_ms}x{tiles}>", "exec"), env)  # noqa: S102 - ints and fixed names only
+        # totals(rows, t_ms) -> column sums over the window at t_ms; prunes tiles that have left it for good
+        self.totals = env["totals"]
+
+    def totals_code(self, rows: str, t: str, sums: list[str]) -> list[str]:
+        """Python lines setting each name of `sums` to its column's sum over the tile rows `rows` at time `t`,
+        and pruning the tiles that have left the window for good. `totals` runs them, and the compiled
+        feature evaluation inlines them (no call, no list per window): one text, the same sums in the same order."""
+        lines = [f"{' = '.join(sums)} = 0.0"] if sums else []
+        lines += [f"lo = {t} // {self.tile_ms} - {self.tiles}", "stale = None", f"for idx, row in {rows}.items():",
+                  "    if idx <= lo:", "        if stale is None: stale = [idx]", "        else: stale.append(idx)",
+                  "        continue"]
+        lines += [f"    {name} += row[{c}]" for c, name in enumerate(sums)]
+        return lines + ["if stale is not None:", f"    for idx in stale: del {rows}[idx]"]
 
     def row_for(self, rows: dict[int, list[float]], ts_ms: int, t_ms: int) -> list[float] | None:
         """The accumulator row of `ts_ms`'s tile, or None if that tile is already out of the window at `t_ms`."""
@@ -41,21 +59,6 @@ class TileWindow:
         if row is None:
             row = rows[idx] = [0.0] * self.width
         return row
-
-    def totals(self, rows: dict[int, list[float]], t_ms: int) -> list[float]:
-        """Column sums over the window at `t_ms`; prunes tiles that have left it for good."""
-        lo = t_ms // self.tile_ms - self.tiles
-        out = [0.0] * self.width
-        stale = []
-        for idx, row in rows.items():
-            if idx <= lo:
-                stale.append(idx)
-                continue
-            for i, v in enumerate(row):
-                out[i] += v
-        for idx in stale:
-            del rows[idx]
-        return out
 
 
 class DistinctWindow:

@@ -111,5 +111,5 @@ def test_each_thread_gets_its_own_consumer_and_a_closed_one_is_forgotten(kafka_b
     topic = f"shared-{unique}-solo"
     ensure_topics({"bootstrap.servers": kafka_bootstrap}, [topic], partitions=1)
     mine.assign(topic, 0, OFFSET_BEGINNING)
-    mine.close(topic, 0)
+    assert mine.release(topic, 0) is True
     assert SharedConsumer.for_thread(config, batch_size=7) is not mine
