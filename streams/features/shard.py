@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import zlib
 from dataclasses import dataclass, field
+from itertools import islice, takewhile
 from typing import Any
 
 from schemas.topics import CDC_TOPIC_NAMES
@@ -102,7 +103,10 @@ class ShardState:
         # Snapshots re-pickle only the entities changed since the last one: the rest keep their bytes.
         # Without this, every epoch pickled the whole shard, a cost that grows with the state.
         self._frozen: dict[str, bytes] = frozen if frozen is not None else {}
-        self._dirty: set[str] = set(self.states) - set(self._frozen)
+        # Changed entities -> `clock` at their last change, least recently changed first: `freeze_some` pickles
+        # from the front between snapshots, so the epoch boundary, when the flow stands still, finds few left.
+        self._dirty: dict[str, float] = dict.fromkeys((eid for eid in self.states if eid not in self._frozen), 0.0)
+        self.clock = 0.0  # stamp for the entities `apply` changes (the flow sets its wall clock; pure otherwise)
 
     def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
         """Windows whose end is behind the shard's event time minus lateness (or just behind it if `force`).
@@ -153,7 +157,10 @@ class ShardState:
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
         for eid, ts, values in rows:
             self._log(eid, ts, values)
-        self._dirty.update(touched)
+        dirty, stamp = self._dirty, self.clock
+        for eid in touched:  # to the back: recently changed entities are the likeliest to change again
+            dirty.pop(eid, None)
+            dirty[eid] = stamp
         return EntityWrites(self.entity, rows, max_kts)
 
     def _log(self, eid: str, ts: int, values: dict[str, Any]) -> None:
@@ -168,16 +175,25 @@ class ShardState:
             window = self.pending[k] = {}
         window[eid] = (ts, values)
 
+    def freeze_some(self, limit: int, changed_before: float = float("inf")) -> int:
+        """Pickle up to `limit` of the least recently changed entities, last changed before `changed_before`
+        (a `clock` value), ahead of the next snapshot; returns how many. An entity that changes again is
+        pickled again (hot ones, changed all the time, are left to the snapshot); the snapshot is the same."""
+        dirty, frozen, states = self._dirty, self._frozen, self.states
+        oldest = [eid for eid, stamp in takewhile(lambda kv: kv[1] < changed_before, islice(dirty.items(), limit))]
+        for eid in oldest:
+            del dirty[eid]
+            state = states.get(eid)
+            if state is None:
+                frozen.pop(eid, None)
+            else:
+                frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
+        return len(oldest)
+
     def snapshot(self) -> bytes:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it); entities
-        unchanged since the previous snapshot are copied as the bytes they were pickled to then."""
-        for eid in self._dirty:
-            state = self.states.get(eid)
-            if state is None:
-                self._frozen.pop(eid, None)
-            else:
-                self._frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
-        self._dirty.clear()
+        unchanged since they were last pickled are copied as those bytes."""
+        self.freeze_some(len(self._dirty))
         return pickle.dumps((self._frozen, self.pending, self.high), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod

@@ -6,6 +6,7 @@ its share for one shard), which is what keeps Bytewax's per-item overhead off th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -29,6 +30,7 @@ from streams.features.shard import (
     route,
 )
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
+from streams.runtime.lifecycle import freeze_survivors
 from streams.settings import FeatureFlowSettings
 from streams.sinks.dead_letters import DeadLetterSink
 from streams.sinks.feature_log import FeatureLogSink
@@ -53,7 +55,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
         if self._state is None:
             self._state = ShardState(values[0].entity, **self._options)
         self._last_batch = datetime.now(UTC)
+        self._state.clock = now = time.monotonic()
         writes = self._state.apply(values)
+        # Spread the next snapshot's pickling over the batches (at most one entity per event, among those
+        # quiet for a second), so the epoch boundary, when the whole flow stands still, finds little left
+        # (0.46 s at 10k ev/s before).
+        self._state.freeze_some(sum(len(v.rows) for v in values), now - 1.0)
         return [writes, *self._state.close_windows()], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -67,7 +74,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
 
     def snapshot(self) -> tuple[str, bytes]:
         assert self._state is not None
-        return self._state.entity, self._state.snapshot()
+        snapshot = self._state.entity, self._state.snapshot()
+        freeze_survivors()  # at each epoch: the GC stops walking the state that survived it
+        return snapshot
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -109,16 +110,54 @@ def committed_position(root: Path, topic: str, partition: int) -> int:
     return best
 
 
+class _OpenPiece:
+    """One event hour of the flush in progress: a Parquet file written under a temporary name, a row group
+    whenever enough rows are buffered; `close` renames it into place (the atomic step)."""
+
+    def __init__(self, directory: Path, partition: int, schema: pa.Schema):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.tmp = directory / f".p{partition}-open-{uuid.uuid4().hex}.tmp"  # removed on start if left behind
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.buffered: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table, group_rows: int) -> None:
+        self.buffered.append(table)
+        self.rows += table.num_rows
+        if self.rows >= group_rows:
+            self.write()
+
+    def write(self) -> None:
+        if self.buffered:
+            self.writer.write_table(pa.concat_tables(self.buffered))
+            self.buffered, self.rows = [], 0
+
+    def close(self, name: str) -> None:
+        self.write()
+        self.writer.close()
+        os.replace(self.tmp, self.directory / name)
+
+
 class EventLogWriter:
-    """Buffers one partition's events and flushes them as offset-named Parquet pieces."""
+    """Buffers one partition's events and flushes them as offset-named Parquet pieces.
+
+    Rows are written as they come, one row group per `group_rows` of an event hour, into a temporary file
+    per hour; a flush (at every epoch boundary, when the whole flow stands still) writes what is left and
+    renames the files into place. Writing it all at the flush stopped the flow for ~0.3 s per epoch at
+    10k ev/s here; and the buffer holds no dict per event for the cyclic GC to walk again and again.
+    """
 
     def __init__(self, root: Path, spec: TopicSpec, partition: int, written_upto: int,
-                 max_rows: int = 200_000, max_age_s: float = 10.0):
+                 max_rows: int = 200_000, max_age_s: float = 10.0, group_rows: int = 10_000):
         self.root, self.spec, self.partition = root, spec, partition
         self.written_upto = max(written_upto, committed_position(root, spec.name, partition))
         self.schema = arrow_schema(spec.schema, META_FIELDS)
-        self.max_rows, self.max_age_s = max_rows, max_age_s
-        self._rows: list[dict[str, Any]] = []
+        self._record_schema = arrow_schema(spec.schema)
+        self.max_rows, self.max_age_s, self.group_rows = max_rows, max_age_s, group_rows
+        self._pieces: dict[int, _OpenPiece] = {}  # event hour -> its open file
+        self._buffered = 0
+        self._first = -1
         self._first_at = 0.0
         self._upto = self.written_upto
 
@@ -126,36 +165,52 @@ class EventLogWriter:
         records = [(o, r, False) for o, r in batch.events]
         if batch.late:
             records = sorted(records + [(o, r, True) for o, r in batch.late], key=lambda x: x[0])
-        for offset, record, late in records:
+        offsets: list[int] = []
+        rows: list[dict[str, Any]] = []
+        late: list[bool] = []
+        for offset, record, is_late in records:
             if offset <= self._upto:
                 continue  # already written (or buffered): Bytewax re-sends after a restart
             self._upto = offset
-            if not self._rows:
-                self._first_at = time.monotonic()
-            self._rows.append({**record, "_topic": batch.topic, "_partition": batch.partition,
-                               "_offset": offset, "_ingest_ts": batch.ingest_ms, "_late": late})
-        if len(self._rows) >= self.max_rows or (self._rows and time.monotonic() - self._first_at > self.max_age_s):
+            offsets.append(offset)
+            rows.append(record)
+            late.append(is_late)
+        if rows:
+            if not self._buffered:
+                self._first, self._first_at = offsets[0], time.monotonic()
+            self._add_table(rows, offsets, late, batch)
+        if self._buffered >= self.max_rows or (self._buffered and time.monotonic() - self._first_at > self.max_age_s):
             self.flush()
 
+    def _add_table(self, rows: list[dict[str, Any]], offsets: list[int], late: list[bool], batch: SourceBatch) -> None:
+        n = len(rows)
+        per_row = {"_offset": offsets, "_late": late}
+        per_batch = {"_topic": batch.topic, "_partition": batch.partition, "_ingest_ts": batch.ingest_ms}
+        meta = [pa.array(per_row[f.name], f.type) if f.name in per_row else pa.repeat(pa.scalar(per_batch[f.name], f.type), n)
+                for f in META_FIELDS]
+        table = pa.Table.from_arrays(pa.Table.from_pylist(rows, schema=self._record_schema).columns + meta,
+                                     schema=self.schema)
+        hours = table.column(self.spec.time_field).cast(pa.int64()).to_numpy() // HOUR_MS
+        present = np.unique(hours).tolist()
+        for hour in present:
+            piece = self._pieces.get(hour)
+            if piece is None:
+                piece = self._pieces[hour] = _OpenPiece(hour_dir(self.root, self.spec.name, hour * HOUR_MS),
+                                                        self.partition, self.schema)
+            piece.add(table if len(present) == 1 else table.filter(pa.array(hours == hour)), self.group_rows)
+        self._buffered += n
+
     def flush(self) -> int:
-        """Write the buffer as one offset range; returns rows written."""
-        if not self._rows:
+        """Close the open pieces as one offset range [first, last], one file per event hour; returns rows written."""
+        if not self._buffered:
             return 0
-        rows = sorted(self._rows, key=lambda r: r["_offset"])
-        first, last = rows[0]["_offset"], rows[-1]["_offset"]
-        by_hour: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        time_field = self.spec.time_field
-        for row in rows:
-            by_hour[row[time_field] // HOUR_MS].append(row)
-        n = len(by_hour)
-        for k, (hour, part) in enumerate(sorted(by_hour.items()), start=1):
-            directory = hour_dir(self.root, self.spec.name, hour * HOUR_MS)
-            name = f"p{self.partition}-{first:012d}-{last:012d}-{k}of{n}.parquet"
-            write_atomic(pa.Table.from_pylist(part, schema=self.schema), directory / name)
+        first, last, n = self._first, self._upto, len(self._pieces)
+        for k, hour in enumerate(sorted(self._pieces), start=1):
+            self._pieces[hour].close(f"p{self.partition}-{first:012d}-{last:012d}-{k}of{n}.parquet")
         self.written_upto = last
-        self._rows = []
-        metrics.PARQUET_ROWS.labels("events").inc(len(rows))
-        return len(rows)
+        rows, self._pieces, self._buffered = self._buffered, {}, 0
+        metrics.PARQUET_ROWS.labels("events").inc(rows)
+        return rows
 
 
 class _Partition(StatefulSinkPartition[SourceBatch, int]):

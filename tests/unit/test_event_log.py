@@ -72,3 +72,39 @@ def test_log_is_readable_without_project_code(tmp_path):
     writer.flush()
     table = pq.read_table(str(tmp_path / f"topic={CLICKSTREAM.name}"))
     assert {"event_id", "ts", "_offset", "_ingest_ts", "_late", "date", "hour"} <= set(table.column_names)
+
+
+def test_pieces_hold_each_record_as_sent_in_offset_order_across_batches(tmp_path):
+    writer = EventLogWriter(tmp_path, CLICKSTREAM, 2, -1, max_age_s=3600)
+    batches = [_batch([0, 1, 3], late=[2]), _batch([4], late=[5]), _batch([6, 8], late=[7])]
+    for batch in batches:
+        writer.add(batch)
+    writer.add(_batch([7, 8]))  # re-sent: dropped
+    assert writer.flush() == 9
+    sent = {o: (r, late) for b in batches for late, part in ((False, b.events), (True, b.late)) for o, r in part}
+    for piece in sorted(tmp_path.rglob("*.parquet")):
+        rows = pq.read_table(piece).to_pylist()
+        assert [r["_offset"] for r in rows] == sorted(r["_offset"] for r in rows)
+        for row in rows:
+            record, late = sent[row["_offset"]]
+            # times read back as datetimes, maps as pairs
+            assert {k: row[k] for k in record} == {**record, "ts": row["ts"], "props": row["props"]}
+            assert int(row["ts"].timestamp() * 1000) == record["ts"]
+            assert (row["_topic"], row["_partition"], row["_late"]) == (CLICKSTREAM.name, 2, late)
+            assert int(row["_ingest_ts"].timestamp() * 1000) == T0
+    assert sorted(r["_offset"] for r in _rows(tmp_path)) == list(range(9))
+
+
+def test_rows_written_before_a_crash_are_removed_on_start_and_written_once(tmp_path):
+    writer = EventLogWriter(tmp_path, CLICKSTREAM, 2, -1, max_age_s=3600, group_rows=2)
+    writer.add(_batch([0, 1, 2], late=[3]))
+    writer.add(_batch([4, 5]))  # row groups already in the open (temporary) files; then the process dies
+    assert list(tmp_path.rglob("*.parquet")) == [] and len(list(tmp_path.rglob(".p2-*.tmp"))) == 2
+    del writer
+    again = EventLogWriter(tmp_path, CLICKSTREAM, 2, -1, group_rows=2)
+    assert list(tmp_path.rglob("*.tmp")) == []
+    again.add(_batch([0, 1, 2], late=[3]))
+    again.add(_batch([4, 5]))
+    assert again.flush() == 6
+    assert sorted(r["_offset"] for r in _rows(tmp_path)) == list(range(6))
+    assert max(pq.ParquetFile(p).num_row_groups for p in tmp_path.rglob("*.parquet")) > 1

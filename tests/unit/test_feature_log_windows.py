@@ -86,8 +86,9 @@ def test_a_window_written_twice_merges_instead_of_losing_rows(tmp_path):
 
 @pytest.mark.parametrize("seed", [5, 6, 7])
 def test_incremental_snapshots_restore_exactly_what_a_full_copy_would(seed):
-    """Snapshots re-pickle only changed entities; restoring any of them (and snapshotting a restored
-    state again) must give exactly the state a fresh full copy would."""
+    """Snapshots re-pickle only changed entities, some of them ahead of time (`freeze_some`, as the flow does
+    after each batch); restoring any of them (and snapshotting a restored state again) must give exactly
+    the state a fresh full copy would."""
     import pickle
 
     rnd = random.Random(seed)
@@ -96,7 +97,10 @@ def test_incremental_snapshots_restore_exactly_what_a_full_copy_would(seed):
     i = 0
     while i < len(events):
         size = rnd.choice([1, 5, 40])
+        state.clock = i  # as the flow stamps changes with its clock: here, the position in the stream
         state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in events[i:i + size]])])
+        # entities pickled early (all, or only those unchanged for a while), then often changed again
+        state.freeze_some(rnd.choice([0, 1, 2, 100]), rnd.choice([float("inf"), i, i - 30]))
         i += size
         if rnd.random() < 0.3:
             snap = state.snapshot()
@@ -117,3 +121,20 @@ def test_snapshots_written_before_per_entity_bytes_still_restore():
     old = pickle.dumps(({k: s.dump() for k, s in state.states.items()}, state.pending, state.high))
     restored = ShardState.restore("user", old, period_ms=PERIOD, lateness_ms=LATENESS)
     assert {k: s.dump() for k, s in restored.states.items()} == {k: s.dump() for k, s in state.states.items()}
+
+
+def test_freeze_some_pickles_the_least_recently_changed_quiet_entities_first():
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
+
+    def change(clock: float, *users: str) -> None:
+        state.clock = clock
+        state.apply([ShardInput("user", CLICKSTREAM.name, [(u, {"event_type": "click", "ts": T0, "user_id": u})
+                                                            for u in users])])
+
+    change(1, "a")
+    change(2, "b")
+    change(3, "c")
+    assert state.freeze_some(10, changed_before=2.5) == 2  # a and b; c changed too recently
+    change(4, "a")  # changed again: pickled again later
+    assert state.freeze_some(1) == 1 and state.freeze_some(1, changed_before=3.5) == 0  # c went first; a is at 4
+    assert state.freeze_some(10) == 1 and state.freeze_some(10) == 0
