@@ -55,13 +55,15 @@ class BulkUnsupported(Exception):
 
 
 def _varint_size(values: np.ndarray) -> np.ndarray:
-    """Bytes of the zig-zag varint encoding of each (signed) integer."""
+    """Bytes of the zig-zag varint encoding of each (signed) integer: 1 + the 7-bit steps it reaches."""
     v = values.astype(np.int64)
     zz = (v.view(np.uint64) << np.uint64(1)) ^ (v >> 63).view(np.uint64)
-    size = np.ones(len(zz), dtype=np.int64)
-    for step in _VARINT_STEPS:
-        size += zz >= step
-    return size
+    return np.searchsorted(_VARINT_STEPS, zz, side="right").astype(np.int64) + 1
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """The array's values as numpy, nulls as 0 (a null takes no bytes of its own)."""
+    return (array.fill_null(0) if array.null_count else array).to_numpy(zero_copy_only=False)
 
 
 def _block_sizes(counts: np.ndarray, item_sizes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -121,9 +123,9 @@ def encoded_sizes(schema: Any, array: pa.Array, named: dict[str, Any] | None = N
     if kind in _PRIMITIVE_FIXED:
         return np.full(n, _PRIMITIVE_FIXED[kind], dtype=np.int64)
     if kind in ("int", "long"):
-        return _varint_size(array.fill_null(0).to_numpy(zero_copy_only=False))
+        return _varint_size(_numbers(array))
     if kind in ("string", "bytes"):
-        lengths = pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = _numbers(pc.binary_length(array)).astype(np.int64)
         return _varint_size(lengths) + lengths
     if kind == "fixed":
         return np.full(n, schema["size"], dtype=np.int64)
@@ -131,7 +133,7 @@ def encoded_sizes(schema: Any, array: pa.Array, named: dict[str, Any] | None = N
         indices = array.indices if isinstance(array, pa.DictionaryArray) else None
         if indices is None:
             raise BulkUnsupported(f"enum decoded as {array.type}")
-        return _varint_size(indices.fill_null(0).to_numpy(zero_copy_only=False))
+        return _varint_size(_numbers(indices))
     if kind == "record":
         total = np.zeros(n, dtype=np.int64)
         for i, field in enumerate(schema["fields"]):

@@ -47,7 +47,7 @@ def test_drift_job_survives_sigkill_and_matches_the_oracle(fresh_kafka, registry
     stream = [p for w in windows for p in sorted(w, key=lambda r: r["ts"])]
     env = flow_env(tmp_path / "home", fresh_kafka, registry_url, redis_db_url, STREAMML_DRIFT_WINDOW_S="60",
                    STREAMML_DRIFT_LATENESS_S="5", STREAMML_DRIFT_IDLE_CLOSE_S="3", STREAMML_DRIFT_METRICS_PORT="0",
-                   STREAMML_DRIFT_BATCH="200", STREAMML_DRIFT_BATCH_WITHIN_S="0.2")
+                   STREAMML_DRIFT_BATCH="500", STREAMML_DRIFT_BATCH_WITHIN_S="0.2")
 
     publish(fresh_kafka, registry_url, [(PREDICTIONS, r) for r in reference])
     cli(env, "drift", "reference", "--since", str(T0 - W), "--until", str(T0 - 1), "--json")
@@ -59,7 +59,8 @@ def test_drift_job_survives_sigkill_and_matches_the_oracle(fresh_kafka, registry
     job = _start(env, tmp_path / "drift-1.log")
     try:
         # undecodable records among them: dead-lettered, and they must not hide the good ones before them;
-        # the second is framed with the contract's schema id, so it reaches (and is refused by) the bulk decoder
+        # the second is framed with the contract's schema id, so in a batch of 500 it reaches (and is refused by)
+        # the bulk decoder (which takes batches of BULK_MIN = 384 or more)
         publish(fresh_kafka, registry_url, [(PREDICTIONS, r) for r in stream[:1000]],
                 garbage=[(PREDICTIONS, b"not avro at all"), (PREDICTIONS, corrupt)])
         wait_for(lambda: any(client.scan_iter("drift:state:*")), 60, "the job to count the first records")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from schemas.codec import HEADER_SIZE, AvroCodec, frame
 from schemas.errors import DecodeError, RegistryError
-from schemas.serde import Decoded, TopicSerde
+from schemas.serde import BULK_MIN, Decoded, TopicSerde
 from schemas.topics import CLICKSTREAM, PREDICTIONS
 from tests.avro_cases import (
     CLICK_CODEC,
@@ -142,26 +142,26 @@ def test_deserialize_many_decodes_a_large_group_of_the_contract_schema_in_bulk()
     values += _goods(5, ALIAS_ID)
     registry = MemoryRegistry()
     serde = TopicSerde(PREDICTIONS, registry)
-    out = serde.deserialize_many(values)
+    out = serde.deserialize_many(values, bulk_min=64)
     assert [indices for indices, _ in out.columns] == [list(range(70))]
     assert sorted(out.records) == [75, *range(76, 81)]
     assert {i: e.reason for i, e in out.errors.items()} == {70: "empty", 71: "truncated", 72: "bad_magic",
                                                             73: "unknown_schema", 74: "bad_writer_schema"}
     assert_as_deserialize(values, out)
     lookups = registry.lookups
-    serde.deserialize_many(values)
+    serde.deserialize_many(values, bulk_min=64)
     assert registry.lookups == lookups + 1  # only the broken id is looked up again (unknown ids are cached)
 
 
 def test_deserialize_many_takes_the_bulk_path_from_bulk_min_on() -> None:
     serde = TopicSerde(PREDICTIONS, MemoryRegistry())
-    assert serde.deserialize_many(_goods(63)).columns == []
-    assert len(serde.deserialize_many(_goods(63)).records) == 63
-    out = serde.deserialize_many(_goods(64))
-    assert [indices for indices, _ in out.columns] == [list(range(64))] and not out.records
-    assert_as_deserialize(_goods(64), out)
-    aliased = serde.deserialize_many(_goods(64, ALIAS_ID))  # the same schema under another id: bulk too
-    assert [indices for indices, _ in aliased.columns] == [list(range(64))]
+    assert serde.deserialize_many(_goods(BULK_MIN - 1)).columns == []
+    assert len(serde.deserialize_many(_goods(BULK_MIN - 1)).records) == BULK_MIN - 1
+    out = serde.deserialize_many(_goods(BULK_MIN))
+    assert [indices for indices, _ in out.columns] == [list(range(BULK_MIN))] and not out.records
+    assert_as_deserialize(_goods(BULK_MIN), out)
+    aliased = serde.deserialize_many(_goods(BULK_MIN, ALIAS_ID))  # the same schema under another id: bulk too
+    assert [indices for indices, _ in aliased.columns] == [list(range(BULK_MIN))]
 
 
 @pytest.mark.parametrize("damage", [lambda v: v + b"\x00", lambda v: v[:-1], lambda v: v[:-9],
@@ -170,7 +170,7 @@ def test_one_corrupt_value_among_a_hundred_sends_the_group_one_by_one(damage: An
     values = _goods(101)
     values[50] = damage(values[50])
     serde = TopicSerde(PREDICTIONS, MemoryRegistry())
-    out = serde.deserialize_many(values)
+    out = serde.deserialize_many(values, bulk_min=64)
     assert out.columns == []
     assert sorted(out.records) == [i for i in range(101) if i != 50]
     assert list(out.errors) == [50] and out.errors[50].reason == "invalid_avro"
@@ -181,7 +181,7 @@ def test_two_values_whose_boundary_moved_are_decoded_one_by_one() -> None:
     values = _goods(100)
     both = values[40][HEADER_SIZE:] + values[41][HEADER_SIZE:]  # type: ignore[index]
     values[40], values[41] = frame(CONTRACT_ID, both[:-3]), frame(CONTRACT_ID, both[-3:])
-    out = TopicSerde(PREDICTIONS, MemoryRegistry()).deserialize_many(values)
+    out = TopicSerde(PREDICTIONS, MemoryRegistry()).deserialize_many(values, bulk_min=64)
     assert out.columns == [] and sorted(out.errors) == [40, 41]
     assert_as_deserialize(values, out)
 
@@ -214,7 +214,7 @@ def test_an_outage_is_reported_from_where_deserialize_would_raise_it() -> None:
         except DecodeError:
             pass
     registry = CountingClickRegistry({down})
-    out = TopicSerde(CLICKSTREAM, registry).deserialize_many(values, report_outage=True)
+    out = TopicSerde(CLICKSTREAM, registry).deserialize_many(values, bulk_min=64, report_outage=True)
     assert min(out.unavailable) == raised_at == 32
     assert sorted(out.unavailable) == [32, 63, 64]  # the down id's values and those of the id first met after it
     assert registry.lookups == [CLICK_ID, unknown, down]  # not asked again after it failed

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from schemas import bulk
+from schemas import serde as serde_module
 from schemas.bulk import records_of
 from schemas.codec import AvroCodec, frame
 from schemas.errors import DecodeError, RegistryError
@@ -104,6 +105,7 @@ def _one_by_one(msgs: list[Msg]) -> tuple[list[tuple[int, dict[str, Any]]], list
 def test_a_poll_gives_what_decoding_value_after_value_gives(corrupt: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     converted: list[int] = []
     monkeypatch.setattr(bulk, "records_of", lambda batch: converted.append(batch.num_rows) or records_of(batch))
+    monkeypatch.setattr(serde_module, "BULK_MIN", 64)  # a poll of 77 contract values: decoded in bulk
     msgs = [Msg(o, _good(o)) for o in range(70)]
     msgs += [Msg(70, None), Msg(71, _good(71, UNKNOWN_ID)), Msg(72, None, failed=True),
              Msg(73, frame(CLICK_ID, CODEC.encode(_event(73, user_id="")))),
