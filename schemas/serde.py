@@ -132,11 +132,7 @@ class TopicSerde:
                 break
             bodies = [values[i][HEADER_SIZE:] for i in indices]  # type: ignore[index]  # (copies beat memoryviews)
             if writer is self.codec and len(indices) >= bulk_min:
-                if self._bulk is None:
-                    from schemas.bulk import BulkDecoder
-
-                    self._bulk = BulkDecoder(self.codec.schema)
-                batch = self._bulk.decode(bodies)
+                batch = self.bulk_decoder().decode(bodies)
                 if batch is not None:
                     out.columns.append((indices, batch))
                     continue
@@ -146,6 +142,15 @@ class TopicSerde:
                 except DecodeError as exc:
                     out.errors[i] = exc
         return out
+
+    def bulk_decoder(self) -> BulkDecoder:
+        """The contract schema's bulk decoder, built on first use (it imports pyarrow and compiles the schema:
+        ~1 s here). A long-running consumer calls it at start, so its first big poll does not wait for that."""
+        if self._bulk is None:
+            from schemas.bulk import BulkDecoder
+
+            self._bulk = BulkDecoder(self.codec.schema)
+        return self._bulk
 
     def _writer(self, schema_id: int) -> AvroCodec:
         writer = self._writers.get(schema_id)

@@ -127,6 +127,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
         self._config, self._spec, self._partition = config, spec, partition
         self._offset, self._high_ts = resume if resume is not None else (OFFSET_BEGINNING, None)
         self._serde = TopicSerde(spec, RegistryClient.shared(config.registry_url))
+        self._serde.bulk_decoder()  # now, not in the middle of the first big poll
         self._windowed = spec.name in config.windowed_topics
         self._reader = SharedConsumer.for_thread({
             **config.kafka,

@@ -164,6 +164,17 @@ def test_deserialize_many_takes_the_bulk_path_from_bulk_min_on() -> None:
     assert [indices for indices, _ in aliased.columns] == [list(range(BULK_MIN))]
 
 
+def test_the_bulk_decoder_can_be_built_ahead_and_is_the_one_used() -> None:
+    serde = TopicSerde(PREDICTIONS, MemoryRegistry())
+    decoder = serde.bulk_decoder()  # what a long-running consumer does at start
+    assert serde.bulk_decoder() is decoder
+    calls: list[int] = []
+    original = decoder.decode
+    decoder.decode = lambda bodies: calls.append(len(bodies)) or original(bodies)  # type: ignore[method-assign]
+    assert [indices for indices, _ in serde.deserialize_many(_goods(BULK_MIN)).columns] == [list(range(BULK_MIN))]
+    assert calls == [BULK_MIN]
+
+
 @pytest.mark.parametrize("damage", [lambda v: v + b"\x00", lambda v: v[:-1], lambda v: v[:-9],
                                     lambda v: v[:HEADER_SIZE] + CLICK_CODEC.encode(SAMPLE["clickstream"])])
 def test_one_corrupt_value_among_a_hundred_sends_the_group_one_by_one(damage: Any) -> None:
