@@ -23,11 +23,10 @@ if TYPE_CHECKING:
 
 _UNKNOWN_ID_TTL_S = 30.0
 _UNKNOWN_IDS_MAX = 10_000  # bounded: random bytes in the id field must not grow memory without end
-
-
 # Bulk decoding costs ~2 ms per call plus ~4 us per clickstream record here, one by one ~8-12 us: it pays
 # from about 256-384 records, and a live flow's polls are often smaller.
 BULK_MIN = 384
+
 
 class SchemaSource(Protocol):
     """What a serde needs from a registry (`schemas.registry.RegistryClient` or a test double)."""

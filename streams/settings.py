@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     inference_port: int = 8000
     ops_port: int = 8001
     metrics_host: str = Field("127.0.0.1", description="Interface the /metrics servers bind (0.0.0.0 in containers).")
+    loadgen_metrics_port: int | None = Field(
+        None, ge=0, description="/metrics port of `streamml produce` (unset: none; 0: any free port); `up --demo` "
+                                "runs it on 9105.")
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     kafka_client: dict[str, str] = Field(

@@ -35,6 +35,9 @@ def produce(
     predict_url: Annotated[str | None, typer.Option(
         "--predict-url", help="Ask this inference service for the shop's predictions; labels then refer to "
                               "served ids (the demo's closed loop).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", min=0, help="Serve streamml_loadgen_* on this /metrics port while running (0 = any free "
+                                      "port; default: STREAMML_LOADGEN_METRICS_PORT, else none).")] = None,
 ) -> None:
     """Publish generated shop traffic to the configured cluster (topics are created if missing)."""
     settings = load_settings()
@@ -52,7 +55,8 @@ def produce(
         keys = [k for k in os.environ.get("STREAMML_INFERENCE_API_KEYS", "").split(",") if k.strip()]
         served = ServedPredictions(predict_url, keys[0].strip() if keys else None)
     summary = run_load(settings, config, rate, duration or None, registry, on_progress=on_progress,
-                       shutdown=Shutdown(), max_events=max_events, served=served)
+                       shutdown=Shutdown(), max_events=max_events, served=served,
+                       metrics_port=settings.loadgen_metrics_port if metrics_port is None else metrics_port)
     if as_json:
         print(json.dumps(summary))
     else:

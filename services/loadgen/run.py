@@ -12,10 +12,14 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
+from prometheus_client import start_http_server
+
+from schemas.errors import ConfigError
 from schemas.serde import SchemaSource
 from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, LABELS, TopicSpec
 from services.loadgen.config import LoadConfig
 from services.loadgen.generator import LoadGenerator
+from services.loadgen.metrics import LoadCollector
 from services.loadgen.served import ServedPredictions
 from services.producer import EventProducer
 from streams.kafka.admin import ensure_topics
@@ -44,6 +48,7 @@ def run_load(
     producer: EventProducer | None = None,
     progress_every_s: float = 5.0,
     served: ServedPredictions | None = None,
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     """Publish generated events at `rate` total events/s (<= 0: as fast as possible); returns a summary.
 
@@ -51,7 +56,9 @@ def run_load(
     is requested. Event time starts at the wall clock (unless `config.start_ms` is set) and, with
     `config.event_rate` following `rate`, keeps pace with it. A caller-supplied `producer` is flushed,
     not closed, and the per-topic counts in the summary are its totals. With `served`, the shop's
-    predictions are asked of the inference service and labels carry the served prediction ids.
+    predictions are asked of the inference service and labels carry the served prediction ids. With
+    `metrics_port` (0 = any free one, returned in the summary), `streamml_loadgen_*` are served on /metrics
+    while the run lasts.
     """
     if rate > 0:
         config = dataclasses.replace(config, event_rate=rate)
@@ -67,11 +74,26 @@ def run_load(
     producer = producer or EventProducer(settings, registry, client_id="streamml-loadgen")
     producer.ensure_schemas(LOAD_TOPICS)  # a registry problem fails here, before the first event
     events = generator if max_events is None else islice(generator, max_events)
+    collector, server = None, None
     try:
+        if metrics_port is not None:
+            try:
+                server, _thread = start_http_server(metrics_port, addr=settings.metrics_host)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve the load generator's /metrics on port {metrics_port} ({exc}); "
+                                  "pass --metrics-port (or STREAMML_LOADGEN_METRICS_PORT) a free port, 0 for any") from exc
+            metrics_port = server.server_address[1]
+            collector = LoadCollector(producer, generator, rate)
+            collector.register()
         sent, stopped, started, elapsed = _pump(events, producer, rate, duration_s, shutdown,
                                                 on_progress, progress_every_s, generator, served)
     finally:
         undelivered = producer.close() if own_producer else producer.flush()
+        if collector is not None:
+            collector.unregister()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     flushed = time.monotonic() - started
     stats = producer.stats()
     summary = {
@@ -88,6 +110,7 @@ def run_load(
         "seed": config.seed,
         "event_time": {"start_ms": config.start_ms, "reached_ms": generator.event_time_ms},
         "sessions_realistic": config.users >= generator.timing["users_for_realistic_sessions"],
+        "metrics_port": metrics_port,
     }
     if served is not None:
         summary["predictions_served"], summary["predictions_not_served"] = served.served, served.failed

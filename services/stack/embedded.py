@@ -23,6 +23,7 @@ from streams.kafka.admin import ensure_topics
 from streams.settings import CdcSettings, DriftSettings, FeatureFlowSettings, Settings, load_settings
 
 STARTUP_TIMEOUT_S = 60.0
+LOADGEN_METRICS_PORT = 9105  # the demo load generator's /metrics unless STREAMML_LOADGEN_METRICS_PORT says otherwise
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,12 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float, cdc: dict[str, st
                     health_url=f"http://127.0.0.1:{ops}/healthz"),
         lambda: http_ok(f"http://127.0.0.1:{ops}/healthz"), f"http://127.0.0.1:{ops}/dashboard"))
     if demo:
+        loadgen_metrics = settings.loadgen_metrics_port or LOADGEN_METRICS_PORT
         out.append(StackProcess(
             ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0",
-                                             "--predict-url", f"http://127.0.0.1:{port}"), env=home),
+                                             "--predict-url", f"http://127.0.0.1:{port}",
+                                             "--metrics-port", str(loadgen_metrics)),
+                        env=home, metrics_port=loadgen_metrics),
             lambda: True, f"{demo_rate:g} events/s"))
     return out
 

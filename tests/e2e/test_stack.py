@@ -38,7 +38,7 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Co
 def stack_env(tmp_path: Path):
     kafka, redis, registry, flow_metrics = free_port(), free_port(), free_port(), free_port()
     inference, learner_metrics, drift_metrics, ops = free_port(), free_port(), free_port(), free_port()
-    cdc_metrics = free_port()
+    cdc_metrics, loadgen_metrics = free_port(), free_port()
     env = {
         **os.environ,
         "STREAMML_HOME": str(tmp_path / "home"),
@@ -53,6 +53,7 @@ def stack_env(tmp_path: Path):
         "STREAMML_OPS_PORT": str(ops),
         "STREAMML_OPS_INTERVAL_S": "1",
         "STREAMML_CDC_METRICS_PORT": str(cdc_metrics),
+        "STREAMML_LOADGEN_METRICS_PORT": str(loadgen_metrics),
         "COLUMNS": "200",
     }
     yield env, {"kafka": kafka, "redis": redis, "registry": registry, "inference": inference, "ops": ops}
@@ -82,6 +83,8 @@ def test_up_demo_status_down_round_trip(stack_env, shop_db):
     assert all(row["alive"] and row["ready"] for row in names.values()), names
     assert report["topics"][CLICKSTREAM.name] > 0
     assert f"{CLICKSTREAM.name}.dlq" in report["topics"]
+    load_metrics = httpx.get(f"http://127.0.0.1:{names['loadgen']['metrics_port']}/metrics", timeout=10).text
+    assert f'streamml_loadgen_records_total{{outcome="delivered",topic="{CLICKSTREAM.name}"}}' in load_metrics
 
     # Any Kafka client with Confluent's own Avro deserializer reads the demo events.
     consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{ports['kafka']}", "group.id": "e2e-reader",

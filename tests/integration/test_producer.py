@@ -18,14 +18,16 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from schemas.errors import BrokerError, SchemaError
+from schemas.errors import BrokerError, ConfigError, SchemaError
 from schemas.registry import RegistryClient
 from schemas.serde import TopicSerde
 from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM, topic_spec
@@ -35,6 +37,7 @@ from services.producer import EventProducer
 from streams.kafka.admin import ensure_topics
 from streams.runtime.lifecycle import Shutdown
 from streams.settings import load_settings
+from tests.servers import free_port
 from tests.unit.test_codec import MemoryRegistry
 
 pytestmark = pytest.mark.integration
@@ -298,6 +301,43 @@ def test_run_load_stops_cleanly_on_shutdown(fresh_kafka: str, seed: int, tmp_pat
     assert summary["undelivered"] == 0
     assert sum(t["delivered"] for t in summary["topics"].values()) == summary["events"] > 0
     assert progress and progress[-1]["events"] <= summary["events"]
+
+
+def test_run_load_serves_its_counters_on_metrics_while_it_runs(fresh_kafka: str, seed: int, tmp_path: Path) -> None:
+    settings = load_settings(kafka_bootstrap_servers=fresh_kafka, topic_partitions=1, home=tmp_path)
+    port = free_port()
+    scraped: list[tuple[dict[str, Any], dict[str, list[Any]]]] = []
+
+    def scrape(progress: dict[str, Any]) -> None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        families = {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("streamml_")}
+        scraped.append((progress, families))
+
+    summary = run_load(settings, LoadConfig(users=50, items=20, seed=seed, late_fraction=0.3), 400.0, 2.5,
+                       MemoryRegistry(), on_progress=scrape, progress_every_s=0.5, metrics_port=port)
+    assert summary["metrics_port"] == port and len(scraped) >= 2
+    progress, families = scraped[-1]
+    by_outcome = defaultdict(float)
+    for sample in families["streamml_loadgen_records"]:
+        by_outcome[sample.labels["outcome"]] += sample.value
+    assert by_outcome["queued"] == progress["events"] > 0  # scraped right after the progress was read
+    assert by_outcome["delivered"] == progress["delivered"] and by_outcome["failed"] == 0
+    assert families["streamml_loadgen_late_events"][0].value == progress["late"] > 0
+    assert families["streamml_loadgen_target_rate_events_per_second"][0].value == 400.0
+    with pytest.raises(httpx.ConnectError):  # served while the run lasts, not after
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_run_load_refuses_a_metrics_port_in_use_with_a_clear_error(fresh_kafka: str, seed: int, tmp_path: Path) -> None:
+    import socket
+
+    settings = load_settings(kafka_bootstrap_servers=fresh_kafka, topic_partitions=1, home=tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port}.*STREAMML_LOADGEN_METRICS_PORT"):
+            run_load(settings, LoadConfig(users=5, items=5, seed=seed), 100.0, 1.0, MemoryRegistry(), metrics_port=port)
 
 
 def test_produce_command_prints_one_json_summary(
