@@ -138,3 +138,30 @@ def test_freeze_some_pickles_the_least_recently_changed_quiet_entities_first():
     change(4, "a")  # changed again: pickled again later
     assert state.freeze_some(1) == 1 and state.freeze_some(1, changed_before=3.5) == 0  # c went first; a is at 4
     assert state.freeze_some(10) == 1 and state.freeze_some(10) == 0
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10, 11])
+def test_a_crash_anywhere_then_replay_from_the_last_snapshot_ends_where_a_straight_run_does(seed):
+    """What recovery does: at a crash, go back to the last snapshot and its stream position, apply again
+    from there (with early pickling in between, as the flow does). The end state must be a straight run's."""
+    rnd = random.Random(seed)
+    events = _events(seed, 900)
+    straight = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
+    for e in events:
+        straight.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e)])])
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
+    snap, snap_at, i, clock = state.snapshot(), 0, 0, 0.0
+    while i < len(events):
+        size = rnd.choice([1, 3, 20])
+        clock += 1.0
+        state.clock = clock
+        state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in events[i:i + size]])])
+        i += size
+        state.freeze_some(rnd.choice([1, 2, 50]), clock - rnd.choice([0.0, 1.0, 3.0]))
+        r = rnd.random()
+        if r < 0.15:
+            snap, snap_at = state.snapshot(), i  # an epoch ends
+        elif r < 0.25:
+            state = ShardState.restore("user", snap, period_ms=PERIOD, lateness_ms=LATENESS)  # kill -9
+            i = snap_at
+    assert {k: s.dump() for k, s in state.states.items()} == {k: s.dump() for k, s in straight.states.items()}
