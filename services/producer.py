@@ -23,6 +23,7 @@ from streams.runtime.logging import get_logger
 from streams.settings import Settings
 
 log = get_logger(__name__)
+OUTCOMES = ("queued", "delivered", "failed")  # the record counts `EventProducer.stats` keeps per topic
 
 # Fatal errors meaning the cluster cannot do idempotent producing at all (no InitProducerId, no ACL).
 NO_IDEMPOTENCE = frozenset({KafkaError._UNSUPPORTED_FEATURE, KafkaError.CLUSTER_AUTHORIZATION_FAILED})
@@ -182,7 +183,7 @@ class EventProducer:
     def stats(self) -> dict[str, Any]:
         """Counters per topic and in total, whether the producer is idempotent, and what is in flight."""
         topics = {name: asdict(c) for name, c in sorted(self._counts.items())}
-        totals = {name: sum(t[name] for t in topics.values()) for name in ("queued", "delivered", "failed")}
+        totals = {name: sum(t[name] for t in topics.values()) for name in OUTCOMES}
         in_flight = self._closed_with if self._closed_with is not None else len(self._producer)
         return {"idempotent": self.idempotent, "in_flight": in_flight,
                 "last_error": self._last_error, **totals, "topics": topics}

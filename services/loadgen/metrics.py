@@ -9,9 +9,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.registry import Collector
 
 from services.loadgen.generator import LoadGenerator
-from services.producer import EventProducer
-
-OUTCOMES = ("queued", "delivered", "failed")
+from services.producer import OUTCOMES, EventProducer
 
 
 class LoadCollector(Collector):
