@@ -6,9 +6,10 @@ import signal
 from types import FrameType
 
 from bytewax._bytewax import cli_main
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 
 from streams.flows.features import FlowConfig, build_flow, epoch
+from streams.flows.recovery import open_store
 from streams.runtime.lifecycle import serve_metrics, tune_gc
 from streams.runtime.logging import configure_logging
 from streams.settings import FeatureFlowSettings, load_settings
@@ -28,11 +29,7 @@ def recovery_config(settings: FeatureFlowSettings) -> RecoveryConfig | None:
     """Bytewax recovery under $STREAMML_HOME/recovery/features, created on first start."""
     if not settings.features_recovery:
         return None
-    path = settings.recovery_dir
-    if not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, settings.features_recovery_partitions)
-    return RecoveryConfig(str(path))
+    return open_store(settings.recovery_dir, settings.features_recovery_partitions)
 
 
 def main() -> None:
