@@ -3,7 +3,8 @@
 Starts its own Tansu, Redis and registry on free ports, pre-produces N events over U users, then
 measures (1) the ceiling: one confluent-kafka consumer + fastavro decode loop over all events,
 (2) the flow: time until Redis reflects every event, (3) freshness at a fixed rate, from the
-producer's timestamp to the Redis write, and (4) the flow again with 2 processes.
+producer's timestamp to the Redis write, (4) the flow again with 2 processes, and (5) freshness at the
+same fixed rate into a new flow on a new, empty broker (no inherited state, no held records).
 Prints one JSON object.
 """
 
@@ -216,6 +217,30 @@ def quantile(delta: dict[float, float], q: float) -> float:
     return bounds[-1]
 
 
+def fixed_rate_times(rate: float, seconds: float) -> list[int]:
+    """Event times (ms) of a stream at `rate`/s starting now, one per event."""
+    now = int(time.time() * 1000)
+    return [now + int(n * 1000 / rate) for n in range(int(rate * seconds))]
+
+
+def freshness(bootstrap: str, serde: TopicSerde, redis_url: str, metrics_port: int, phase: list[dict], rate: float,
+              label: str, watch: dict[str, int]) -> dict:
+    """Produce `phase` at `rate` into a running flow and read its freshness histogram over the phase: the
+    `fresh{label}_*` and `freshness{label}_*` figures (CPU of the `watch`ed processes included)."""
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    before = histogram(metrics_url, "streamml_features_freshness_seconds")
+    with CpuWindow(**watch) as cpu:
+        produced_s = produce(bootstrap, serde, phase, rate=rate)
+    drained = wait_reflected(redis_url, {r["user_id"]: r["ts"] for r in phase}, 300)
+    time.sleep(1)
+    after = histogram(metrics_url, "streamml_features_freshness_seconds")
+    delta = {b: after[b] - before.get(b, 0.0) for b in after}
+    return {f"fresh{label}_cpu": cpu.shares(), f"fresh{label}_rate_eps": round(len(phase) / produced_s),
+            f"freshness{label}_p50_ms": round(quantile(delta, 0.5) * 1000, 1),
+            f"freshness{label}_p99_ms": round(quantile(delta, 0.99) * 1000, 1),
+            f"fresh{label}_drained": drained}  # the next phase starts only once this one is in Redis
+
+
 def run_flow(env: dict, procs: int, log: Path) -> list[subprocess.Popen]:
     if procs == 1:
         argvs = [({}, [sys.executable, "-m", "streams.flows.run"])]
@@ -251,6 +276,7 @@ def main() -> None:
     parser.add_argument("--fresh-seconds", type=float, default=20)
     parser.add_argument("--light-rate", type=float, default=2_000, help="second freshness phase, below capacity")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-new-broker", action="store_true", help="skip the fixed rate against an empty broker")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
@@ -269,7 +295,7 @@ def main() -> None:
         launched = time.monotonic()
         procs = run_flow(env, 1, work / "flow1.log")
         started = wait_first_write(env["STREAMML_REDIS_URL"], 120)
-        with CpuWindow() as flow_cpu:
+        with CpuWindow(flow=procs[0].pid, tansu=servers.tansu.proc.pid, redis=servers.redis.proc.pid) as flow_cpu:
             ok = wait_reflected(env["STREAMML_REDIS_URL"], last_ts, 600)
         result["flow_cpu"] = flow_cpu.shares()
         result["flow_startup_s"] = round(started - launched, 2)
@@ -278,26 +304,13 @@ def main() -> None:
         result["ratio"] = round(result["flow_eps"] / result["ceiling_eps"], 3)
 
         # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        watch = {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}
         fresh: list[dict] = []
         for label, rate in (("", args.fresh_rate), ("_light", args.light_rate)):
-            before = histogram(metrics_url, "streamml_features_freshness_seconds")
-            n_fresh = int(rate * args.fresh_seconds)
-            now = int(time.time() * 1000)
-            phase = [event(rnd, args.events + len(fresh) + n, args.users, args.items, now + int(n * 1000 / rate))
-                     for n in range(n_fresh)]
+            phase = [event(rnd, args.events + len(fresh) + n, args.users, args.items, ts)
+                     for n, ts in enumerate(fixed_rate_times(rate, args.fresh_seconds))]
             fresh += phase
-            with CpuWindow() as fresh_cpu:
-                produced_s = produce(bootstrap, serde, phase, rate=rate)
-            result[f"fresh{label}_cpu"] = fresh_cpu.shares()
-            drained = wait_reflected(env["STREAMML_REDIS_URL"], {r["user_id"]: r["ts"] for r in phase}, 300)
-            time.sleep(1)
-            after = histogram(metrics_url, "streamml_features_freshness_seconds")
-            delta = {b: after[b] - before.get(b, 0.0) for b in after}
-            result[f"fresh{label}_rate_eps"] = round(n_fresh / produced_s)
-            result[f"freshness{label}_p50_ms"] = round(quantile(delta, 0.5) * 1000, 1)
-            result[f"freshness{label}_p99_ms"] = round(quantile(delta, 0.99) * 1000, 1)
-            result[f"fresh{label}_drained"] = drained  # the next phase starts only once this one is in Redis
+            result.update(freshness(bootstrap, serde, env["STREAMML_REDIS_URL"], metrics_port, phase, rate, label, watch))
         n_fresh = len(fresh)
         stop(procs)
         procs = []
@@ -313,6 +326,28 @@ def main() -> None:
             elapsed = time.monotonic() - started
             result["flow_2proc_eps"] = round(total / elapsed) if ok else 0
             result["scaling_2proc"] = round(result["flow_2proc_eps"] / result["flow_eps"], 2) if result["flow_eps"] else 0
+            stop(procs)
+            procs = []
+        if not args.skip_new_broker:
+            # The same fixed rate into a new flow on a new, empty broker: what it costs without the state the
+            # flow above carries from the pre-produced events (100k users; epoch snapshots grow with the
+            # state) and without the record batches the broker holds (Tansu's fetches cost more with each).
+            servers.stop()
+            (work / "new-broker").mkdir()
+            servers = start_servers(work / "new-broker", args.partitions)
+            serde = TopicSerde(CLICKSTREAM, RegistryClient(servers.registry_url))
+            metrics_port = free_port()
+            env = flow_env(work / "home3", servers.bootstrap, servers.registry_url, servers.redis_url(3), metrics_port)
+            procs = run_flow(env, 1, work / "flow3.log")
+            produce(servers.bootstrap, serde, [event(rnd, -n - 1, args.users, args.items, int(time.time() * 1000))
+                                               for n in range(100)])
+            wait_first_write(env["STREAMML_REDIS_URL"], 120)
+            time.sleep(3)  # past the flow's start-up
+            phase = [event(rnd, args.events + n_fresh + n, args.users, args.items, ts)
+                     for n, ts in enumerate(fixed_rate_times(args.fresh_rate, args.fresh_seconds))]
+            watch = {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}
+            result.update(freshness(servers.bootstrap, serde, env["STREAMML_REDIS_URL"], metrics_port, phase,
+                                    args.fresh_rate, "_new_broker", watch))
             stop(procs)
             procs = []
         result["goal"] = {"ratio": ">= 0.5", "freshness_p99_ms": "<= 250"}

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     loadgen_metrics_port: int | None = Field(
         None, ge=0, description="/metrics port of `streamml produce` (unset: none; 0: any free port); `up --demo` "
                                 "runs it on 9105.")
+    loadgen_linger_ms: int = Field(
+        5, ge=0, description="linger.ms of `streamml produce`. `up --demo` uses 100: Tansu's fetches cost more with "
+                             "every record batch it holds (README, known broker quirks).")
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     kafka_client: dict[str, str] = Field(

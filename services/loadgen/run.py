@@ -71,7 +71,8 @@ def run_load(
     topics = ensure_topics(settings.kafka_config(), [t.name for t in LOAD_TOPICS],
                            settings.topic_partitions, settings.topic_replication)
     own_producer = producer is None
-    producer = producer or EventProducer(settings, registry, client_id="streamml-loadgen")
+    producer = producer or EventProducer(settings, registry, client_id="streamml-loadgen",
+                                         **{"linger.ms": settings.loadgen_linger_ms})
     producer.ensure_schemas(LOAD_TOPICS)  # a registry problem fails here, before the first event
     events = generator if max_events is None else islice(generator, max_events)
     collector, server = None, None

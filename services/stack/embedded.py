@@ -113,18 +113,20 @@ def pipeline(settings: Settings, demo: bool, demo_rate: float, cdc: dict[str, st
             ProcessSpec("loadgen", _streamml("produce", "--rate", str(demo_rate), "--duration", "0",
                                              "--predict-url", f"http://127.0.0.1:{port}",
                                              "--metrics-port", str(loadgen_metrics)),
-                        env=home, metrics_port=loadgen_metrics),
+                        env={**home, **_demo_env(demo)}, metrics_port=loadgen_metrics),
             lambda: True, f"{demo_rate:g} events/s"))
     return out
 
 
 def _demo_env(demo: bool) -> dict[str, str]:
     """The demo shows PSI within minutes: 20 s windows, each model version's first 2 as its reference, and
-    a new version every 2 minutes rather than every minute (anything set explicitly wins)."""
+    a new version every 2 minutes rather than every minute; its traffic goes out in 100 ms batches, with
+    which Tansu's cost grows ~25x slower than with 5 ms ones (anything set explicitly wins)."""
     if not demo:
         return {}
     wanted = {"STREAMML_DRIFT_WINDOW_S": "20", "STREAMML_DRIFT_LATENESS_S": "5",
-              "STREAMML_DRIFT_REFERENCE_WINDOWS": "2", "STREAMML_LEARNER_SNAPSHOT_S": "120"}
+              "STREAMML_DRIFT_REFERENCE_WINDOWS": "2", "STREAMML_LEARNER_SNAPSHOT_S": "120",
+              "STREAMML_LOADGEN_LINGER_MS": "100"}
     return {k: os.environ.get(k, v) for k, v in wanted.items()}
 
 

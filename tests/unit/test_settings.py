@@ -45,3 +45,14 @@ def test_invalid_setting_is_a_config_error(monkeypatch):
     monkeypatch.setenv("STREAMML_TOPIC_PARTITIONS", "zero")
     with pytest.raises(ConfigError, match="topic_partitions"):
         load_settings()
+
+
+def test_the_demo_batches_its_traffic_for_tansu_unless_told_otherwise(monkeypatch):
+    from services.stack.embedded import _demo_env
+
+    monkeypatch.delenv("STREAMML_LOADGEN_LINGER_MS", raising=False)
+    assert load_settings().loadgen_linger_ms == 5  # `streamml produce` alone: small batches, low latency
+    assert _demo_env(True)["STREAMML_LOADGEN_LINGER_MS"] == "100" and _demo_env(False) == {}
+    monkeypatch.setenv("STREAMML_LOADGEN_LINGER_MS", "20")
+    assert _demo_env(True)["STREAMML_LOADGEN_LINGER_MS"] == "20"
+    assert load_settings().loadgen_linger_ms == 20
