@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--fresh-seconds", type=float, default=20)
     parser.add_argument("--light-rate", type=float, default=2_000, help="second freshness phase, below capacity")
     parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--skip-new-broker", action="store_true", help="skip the fixed rate against an empty broker")
+    parser.add_argument("--skip-new-broker", action="store_true", help="skip the fixed-rate phase into a new flow on a new broker")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
