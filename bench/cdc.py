@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cpu import process_cpu_s  # noqa: E402
+
 SLOT, CEILING_SLOT, FLOOR_SLOT, PUBLICATION = "streamml_cdc", "bench_ceiling", "bench_floor", "streamml_cdc"
 COUNTRIES = ["DE", "FR", "NL", "IT", "ES", "PL", "SE", "AT"]
 
@@ -78,13 +80,6 @@ def wait_confirmed(conn, lsn: int, timeout_s: float) -> float:
             return time.perf_counter()
         time.sleep(0.02)
     raise TimeoutError(f"the slot did not confirm {lsn:X} within {timeout_s}s")
-
-
-def reader_cpu_s(pid: int) -> float:
-    import psutil
-
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -315,14 +310,14 @@ def main() -> None:
             "snapshot_rows": int(counted), "snapshot_s": round(snapshot_s, 2),
             "snapshot_rows_per_s": round(counted / snapshot_s),
             "snapshot_reader_s": done.get("seconds"),  # the reader's own figure: read + produce + acknowledged
-            "snapshot_reader_cpu_s": round(reader_cpu_s(reader.pid), 2),
+            "snapshot_reader_cpu_s": round(process_cpu_s(reader.pid), 2),
         })
         if counted != args.rows:
             result["snapshot_error"] = f"{counted:g} op r counted, {args.rows} rows"
 
         # 2. Streaming throughput, with the ceiling slot created before the writes.
         scalar(admin, "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (CEILING_SLOT,))
-        cpu_before = reader_cpu_s(reader.pid)
+        cpu_before = process_cpu_s(reader.pid)
         u_before = changes_counted(url, "u")
         changed, first_write, write_s = write_updates(dsn, args.rows, args.changes, args.txn_rows)
         target = insert_lsn(admin)
@@ -332,7 +327,7 @@ def main() -> None:
             "changes": changed, "write_s": round(write_s, 2), "stream_s": round(stream_s, 2),
             "stream_changes_per_s": round(changed / stream_s),
             "stream_counted": int(changes_counted(url, "u") - u_before),
-            "stream_reader_cpu_s": round(reader_cpu_s(reader.pid) - cpu_before, 2),
+            "stream_reader_cpu_s": round(process_cpu_s(reader.pid) - cpu_before, 2),
         })
 
         # 3. Ceiling: PostgreSQL's decoding of the same changes + our parser, no Avro, no Kafka.

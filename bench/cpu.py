@@ -22,11 +22,11 @@ def _times() -> list[int] | None:
         return None
 
 
-def _process_ticks(pid: int) -> int | None:
-    """User + system clock ticks the process used so far."""
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds the process has used so far; None if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -40,12 +40,12 @@ class CpuWindow:
 
     def __enter__(self) -> CpuWindow:
         self._start, self._end = _times(), None
-        self._ticks = {name: _process_ticks(pid) for name, pid in self._pids.items()}
+        self._cpu_s = {name: process_cpu_s(pid) for name, pid in self._pids.items()}
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._end = _times()
-        self._ticks = {name: (start, _process_ticks(self._pids[name])) for name, start in self._ticks.items()}
+        self._cpu_s = {name: (start, process_cpu_s(self._pids[name])) for name, start in self._cpu_s.items()}
 
     def shares(self) -> dict[str, float | None]:
         if not self._start or not self._end:
@@ -55,7 +55,7 @@ class CpuWindow:
         out: dict[str, float | None] = {"idle_pct": round(100 * delta[_FIELDS.index("idle")] / total, 1),
                                         "steal_pct": round(100 * delta[_FIELDS.index("steal")] / total, 1)}
         # /proc/stat sums all CPUs: its total over the window is the window's length times the CPU count.
-        window_ticks = total / (os.cpu_count() or 1)
-        for name, (start, end) in self._ticks.items():
-            out[f"{name}_pct"] = None if start is None or end is None else round(100 * (end - start) / window_ticks)
+        window_s = total / (os.cpu_count() or 1) / os.sysconf("SC_CLK_TCK")
+        for name, (start, end) in self._cpu_s.items():
+            out[f"{name}_pct"] = None if start is None or end is None else round(100 * (end - start) / window_s)
         return out
