@@ -201,6 +201,12 @@ def histogram(metrics_url: str, name: str, labels: str = "") -> dict[float, floa
     return out
 
 
+def counter_total(metrics_url: str, name: str) -> float:
+    """Sum of a counter's series."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(float(m[1]) for m in re.finditer(rf"^{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
 def quantile(delta: dict[float, float], q: float) -> float:
     """Quantile from cumulative bucket counts, linear inside the bucket (Prometheus' histogram_quantile)."""
     bounds = sorted(delta)
@@ -302,6 +308,9 @@ def main() -> None:
         result["flow_s"] = round(time.monotonic() - started, 2)
         result["flow_eps"] = round(args.events / result["flow_s"]) if ok else 0
         result["ratio"] = round(result["flow_eps"] / result["ceiling_eps"], 3)
+        time.sleep(1)  # the last windows' files
+        result["log_window_merges"] = counter_total(f"http://127.0.0.1:{metrics_port}/metrics",
+                                                    "streamml_features_log_window_merges")
 
         # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
         watch = {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}

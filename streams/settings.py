@@ -163,7 +163,8 @@ class FeatureFlowSettings(Settings):
                         "'default' or a name pins it.")
     features_log_period_s: float = Field(
         300.0, gt=0, description="Tumbling window of the offline feature log (one file per window and shard).")
-    features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this.")
+    features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this; a "
+                                       "source partition quiet this long stops holding log windows back.")
     features_gc_thresholds: tuple[int, int, int] = Field(
         GC_THRESHOLDS, description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
 

@@ -7,6 +7,7 @@ its share for one shard), which is what keeps Bytewax's per-item overhead off th
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,6 +23,7 @@ from schemas.topics import TopicSpec
 from streams.features.definitions import ENTITIES, source_topics
 from streams.features.keys import namespace_prefix
 from streams.features.shard import (
+    PLANS,
     WINDOWED_TOPICS,
     EntityWrites,
     FeatureLogWindow,
@@ -45,15 +47,19 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
     that closed; a shard that goes quiet closes its open windows after `idle_s` of wall time.
     """
 
-    def __init__(self, period_ms: int, lateness_ms: int, idle_s: float, resume: tuple[str, bytes] | None):
-        self._options = {"period_ms": period_ms, "lateness_ms": lateness_ms}
+    def __init__(self, period_ms: int, lateness_ms: int, idle_s: float, sources: Mapping[str, frozenset[tuple[str, int]]],
+                 resume: tuple[str, bytes] | None):
+        self._options = {"period_ms": period_ms, "lateness_ms": lateness_ms, "mark_ttl_s": idle_s}
+        self._sources = sources  # entity -> the windowed partitions feeding it (they hold its log windows back)
         self._idle = timedelta(seconds=idle_s)
         self._last_batch = datetime.now(UTC)
-        self._state = ShardState.restore(resume[0], resume[1], **self._options) if resume is not None else None
+        self._state = (ShardState.restore(resume[0], resume[1], sources=sources.get(resume[0], frozenset()),
+                                          **self._options) if resume is not None else None)
 
     def on_batch(self, values: list[ShardInput]) -> tuple[list, bool]:
         if self._state is None:
-            self._state = ShardState(values[0].entity, **self._options)
+            entity = values[0].entity
+            self._state = ShardState(entity, sources=self._sources.get(entity, frozenset()), **self._options)
         self._last_batch = datetime.now(UTC)
         self._state.clock = now = time.monotonic()
         writes = self._state.apply(values)
@@ -123,15 +129,17 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
     op.output("event_log", by_partition, EventLogSink(cfg.data_dir / "events", {t.name: t for t in topics}, parts))
 
     def to_shards(b: SourceBatch) -> list[tuple[str, ShardInput]]:
-        return route(b.topic, b.events, b.max_kafka_ts, shards)
+        return route(b.topic, b.events, b.max_kafka_ts, shards, b.partition, b.high)
 
     routed = op.flat_map("route", batches, to_shards)
-    logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s)
+    windowed = {(t, int(p)) for t, p in (part.rsplit(":", 1) for part in parts)}
+    sources = {name: frozenset((t, p) for t, p in windowed if t in plan.windowed_sources) for name, plan in PLANS.items()}
+    logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s, sources)
     outputs = op.stateful_batch("features", routed, logic)
     split = op.branch("split", outputs, lambda kv: isinstance(kv[1], EntityWrites))
     shard_keys = [f"{e.name}:{i}" for e in ENTITIES for i in range(shards)]
     op.output("redis", split.trues, RedisFeatureSink(cfg.redis_url, shard_keys, cfg.namespace))
-    op.output("feature_log", split.falses, FeatureLogSink(cfg.data_dir / "features"))
+    op.output("feature_log", split.falses, FeatureLogSink(cfg.data_dir / "features", shard_keys))
     return flow
 
 

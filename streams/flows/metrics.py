@@ -24,3 +24,6 @@ HIGH_WATERMARK = Gauge("streamml_features_high_watermark_offset", "Partition hig
 EVENT_TIME_WATERMARK = Gauge("streamml_features_event_time_watermark_seconds",
                              "Max event time seen per partition (epoch s).", ["topic", "partition"])
 PARQUET_ROWS = Counter("streamml_features_parquet_rows_total", "Rows written to the Parquet logs.", ["log"])
+LOG_WINDOW_MERGES = Counter("streamml_features_log_window_merges_total",
+                            "Feature-log windows written again into an existing file (re-sent after a restart, or reopened by an "
+                            "event that arrived after the window had closed).", ["entity"])

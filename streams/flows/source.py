@@ -46,6 +46,7 @@ class SourceBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     max_kafka_ts: int = 0  # newest producer timestamp (ms) in the batch, for freshness
     ingest_ms: int = 0
+    high: int | None = None  # the partition's event-time high after the batch (windowed topics)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
                 continue
             high = new_high
         batch.events.append((offset, record))
+    batch.high = high if windowed else None
     return PollRead(batch, high, None if last is None else last + 1, retry_at)
 
 

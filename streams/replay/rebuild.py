@@ -30,8 +30,9 @@ from streams.replay.eventlog import LogSlice, read_event_log
 from streams.replay.frames import entity_rows, latest_values, plain
 from streams.replay.topic import TopicRead, read_topic
 from streams.settings import FeatureFlowSettings
+from streams.sinks.background import BackgroundWriter
 from streams.sinks.feature_log import write_window
-from streams.sinks.redis import BackgroundWriter, FeatureWriter
+from streams.sinks.redis import FeatureWriter
 
 WRITE_CHUNK = 5000
 
@@ -187,7 +188,8 @@ def _rebuild_online(redis_url: str | None, name: str, tables: dict[str, pa.Table
         return
     started = time.perf_counter()
     # Two connections: one packs the next chunk while Redis runs the last one (about 1.4x one).
-    writers = [BackgroundWriter(FeatureWriter(redis_url, namespace_prefix(name), max_retry_s=30)) for _ in range(2)]
+    targets = [FeatureWriter(redis_url, namespace_prefix(name), max_retry_s=30) for _ in range(2)]
+    writers = [BackgroundWriter(t.write, "redis-writer", t.close) for t in targets]
     progress.phase("write redis", sum(len(rows) for _, rows in results), "keys")
     pending: list[tuple[BackgroundWriter, int, int]] = []
     try:

@@ -9,16 +9,17 @@ Point-in-time training sets ASOF-join on `feature_ts`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.shard import FeatureLogWindow
 from streams.flows import metrics
+from streams.sinks.background import BackgroundWriter, ShardedSink
 from streams.sinks.parquet import hour_partition, write_atomic
 
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}  # feature dtype -> Arrow
@@ -49,6 +50,7 @@ def write_window(root: Path, shard: str, window: FeatureLogWindow) -> Path:
     path = window_path(root, window, shard)
     if path.exists():
         table = merge(conform(pq.read_table(path), table.schema), table)
+        metrics.LOG_WINDOW_MERGES.labels(window.entity).inc()
     write_atomic(table, path)
     metrics.PARQUET_ROWS.labels("features").inc(table.num_rows)
     return path
@@ -118,18 +120,15 @@ def merge(old: pa.Table, new: pa.Table) -> pa.Table:
     return both.take(pa.array(picked, type=pa.int64()))
 
 
-class _Partition(StatelessSinkPartition[tuple[str, FeatureLogWindow]]):
-    def __init__(self, root: Path):
-        self._root = root
-
-    def write_batch(self, items: list[tuple[str, FeatureLogWindow]]) -> None:
-        for shard, window in items:
-            write_window(self._root, shard, window)
+def _write_windows(root: Path, items: list[tuple[str, FeatureLogWindow]]) -> None:
+    for shard, window in items:
+        write_window(root, shard, window)
 
 
-class FeatureLogSink(DynamicSink[tuple[str, FeatureLogWindow]]):
-    def __init__(self, root: Path):
-        self._root = root
+class FeatureLogSink(ShardedSink[FeatureLogWindow]):
+    """Closed windows to their files on a thread of their own: Parquet encodes and compresses outside the GIL,
+    so a closing window no longer stops the flow (the log's 30% of the flow's time in its benchmark)."""
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        return _Partition(self._root)
+    def __init__(self, root: Path, shard_keys: list[str]):
+        super().__init__(shard_keys, ("feature-log", root), partial(BackgroundWriter, partial(_write_windows, root),
+                                                                    "feature-log-writer"))

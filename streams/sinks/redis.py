@@ -7,14 +7,13 @@ one can never move a feature backwards. Values are absolute, never increments: r
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 
 import hiredis
 import orjson
 import redis
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.keys import TS_FIELD, encode_value, feature_key
@@ -22,6 +21,7 @@ from streams.features.namespaces import write_targets
 from streams.features.shard import EntityWrites
 from streams.flows import metrics
 from streams.runtime.logging import get_logger
+from streams.sinks.background import BackgroundWriter, ShardedSink
 
 log = get_logger(__name__)
 
@@ -160,112 +160,14 @@ class FeatureWriter:
         self._client.close()
 
 
-class BackgroundWriter:
-    """Writes batches on a thread of its own, so the flow computes the next batch while Redis works.
-
-    Submissions are written in order; batches that queued up meanwhile go out as one pipeline.
-    `wait(seq)` blocks until everything up to `seq` is in Redis: the sink calls it at each snapshot,
-    so an epoch is only committed once its writes landed (exactly-once stays intact).
-    """
-
-    def __init__(self, writer: FeatureWriter):
-        self._writer = writer
-        self._queue: list[tuple[int, list[EntityWrites]]] = []
-        self._cond = threading.Condition()
-        self._submitted = self._done = 0
-        self._closed = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, items: list[EntityWrites]) -> int:
-        with self._cond:
-            self._submitted += 1
-            self._queue.append((self._submitted, items))
-            self._cond.notify_all()
-            return self._submitted
-
-    def wait(self, seq: int | None = None) -> None:
-        """Block until batch `seq` (default: all) is written; re-raises the error that stopped the thread."""
-        with self._cond:
-            target = self._submitted if seq is None else seq
-            while self._done < target and self._thread.is_alive():
-                self._cond.wait(1.0)
-            if self._done < target:
-                raise self._error or RuntimeError("the Redis writer thread stopped")
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                work, self._queue = self._queue, []
-            try:
-                self._writer.write([b for _, items in work for b in items])  # retries (until max_retry_s)
-            except BaseException as exc:
-                with self._cond:
-                    self._error = exc
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._done = work[-1][0]
-                self._cond.notify_all()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(10)
-        self._writer.close()
+def _new_writer(url: str, namespace: str | None) -> BackgroundWriter[tuple[str, EntityWrites]]:
+    target = FeatureWriter(url, namespace)
+    return BackgroundWriter(lambda items: target.write(w for _, w in items), "redis-writer", target.close)
 
 
-_WRITERS: dict[tuple[str, str | None], BackgroundWriter] = {}
-_WRITERS_LOCK = threading.Lock()
-
-
-def _shared_writer(url: str, namespace: str | None) -> BackgroundWriter:
-    """One writer thread per process and target, shared by the sink partitions on this process."""
-    with _WRITERS_LOCK:
-        writer = _WRITERS.get((url, namespace))
-        if writer is None:
-            writer = _WRITERS[(url, namespace)] = BackgroundWriter(FeatureWriter(url, namespace))
-        return writer
-
-
-class _Partition(StatefulSinkPartition[EntityWrites, None]):
-    def __init__(self, url: str, namespace: str | None):
-        self._writer = _shared_writer(url, namespace)
-        self._last = 0
-
-    def write_batch(self, items: list[EntityWrites]) -> None:
-        self._last = self._writer.submit(items)
-
-    def snapshot(self) -> None:
-        self._writer.wait(self._last)  # the epoch's writes are in Redis before it commits
-
-    def close(self) -> None:
-        self._writer.wait(self._last)
-
-
-class RedisFeatureSink(FixedPartitionedSink[EntityWrites, None]):
-    """Bytewax sink with one partition per state shard (`user:3`); all write through one thread per process."""
+class RedisFeatureSink(ShardedSink[EntityWrites]):
+    """Feature writes on a thread of their own, so the flow computes the next batch while Redis works; batches
+    that queued up meanwhile go out as one pipeline."""
 
     def __init__(self, url: str, shard_keys: list[str], namespace: str | None = None):
-        self._url, self._namespace, self._parts = url, namespace, sorted(shard_keys)
-
-    def list_parts(self) -> list[str]:
-        return self._parts
-
-    def part_fn(self, item_key: str) -> int:
-        return self._parts.index(item_key)
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
-        return _Partition(self._url, self._namespace)
+        super().__init__(shard_keys, ("redis", url, namespace), partial(_new_writer, url, namespace))

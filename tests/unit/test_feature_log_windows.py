@@ -165,3 +165,75 @@ def test_a_crash_anywhere_then_replay_from_the_last_snapshot_ends_where_a_straig
             state = ShardState.restore("user", snap, period_ms=PERIOD, lateness_ms=LATENESS)  # kill -9
             i = snap_at
     assert {k: s.dump() for k, s in state.states.items()} == {k: s.dump() for k, s in straight.states.items()}
+
+
+def _two_partitions(seed: int, ahead: bool) -> list[tuple[int, list[dict], int]]:
+    """Events of users u0-u4 keyed to two partitions (u0-u2 -> 0, u3-u4 -> 1, as keying by user does) and read
+    in batches, partition 0 running up to twice the lateness ahead in event time when `ahead`: (partition,
+    batch, the partition's event-time high after it) per batch, as the source hands them to the shards."""
+    from streams.windows.lateness import admit
+
+    rnd = random.Random(seed)
+    streams = {p: [e for e in _events(seed, 900) if (e["user_id"] in ("u0", "u1", "u2")) == (p == 0)] for p in (0, 1)}
+    out, at, highs = [], {0: 0, 1: 0}, {0: None, 1: None}
+    while at[0] < len(streams[0]) or at[1] < len(streams[1]):
+        lead = (streams[0][min(at[0], len(streams[0]) - 1)]["ts"] - streams[1][min(at[1], len(streams[1]) - 1)]["ts"])
+        p = 1 if at[0] >= len(streams[0]) or (ahead and lead > 2 * LATENESS) or (not ahead and lead > 0) else 0
+        if at[p] >= len(streams[p]):
+            p = 1 - p
+        batch = streams[p][at[p]:at[p] + rnd.choice([1, 5, 30])]
+        at[p] += len(batch)
+        for e in batch:
+            accepted, highs[p] = admit(e["ts"], highs[p], LATENESS)
+            assert accepted  # each partition is in event-time order
+        out.append((p, batch, highs[p]))
+    return out
+
+
+@pytest.mark.parametrize("seed", [12, 13, 14])
+def test_windows_close_by_the_slowest_partition_so_none_reopens(seed):
+    """A partition running ahead may not close a window that a slower partition still feeds: each window closes
+    once, complete (the shard's own high alone closed it early, and the slower partition's rows reopened it)."""
+    def run(with_marks: bool) -> list:
+        sources = frozenset({(CLICKSTREAM.name, 0), (CLICKSTREAM.name, 1)}) if with_marks else frozenset()
+        state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS, sources=sources)
+        closed = []
+        for p, batch, high in _two_partitions(seed, ahead=True):
+            marks = {"partition": p, "high": high} if with_marks else {}
+            state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in batch], **marks)])
+            closed += state.close_windows()
+        return closed + state.close_windows(force=True)
+
+    closed = run(with_marks=True)
+    ends = [w.window_end for w in closed]
+    assert len(set(ends)) == len(ends), "a window closed twice"
+    events = [e for _, batch, _ in _two_partitions(seed, ahead=True) for e in batch]
+    for window in closed:
+        last = {}
+        for e in events:
+            if window.window_start <= e["ts"] < window.window_end:
+                last[e["user_id"]] = max(last.get(e["user_id"], 0), e["ts"])
+        assert {eid: ts for eid, ts, _ in window.rows} == last
+    unmarked = [w.window_end for w in run(with_marks=False)]
+    assert len(set(unmarked)) < len(unmarked)  # what the marks prevent: the same input reopens windows without them
+
+
+def test_a_partition_not_heard_from_within_the_mark_ttl_stops_holding_windows_back():
+    """Partition 1 goes silent, and partition 2, expected, is never heard from: both hold windows back for 30 s."""
+    sources = frozenset((CLICKSTREAM.name, p) for p in range(3))
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS, mark_ttl_s=30.0, sources=sources)
+    slow = {"event_type": "click", "user_id": "u1", "ts": T0}
+    state.clock = 0.0
+    state.apply([ShardInput("user", CLICKSTREAM.name, [("u1", slow)], partition=1, high=T0)])
+    for n in range(1, 6):  # partition 0 moves on, 4 periods past the lateness; partition 1 is silent
+        state.clock = float(n * 10)
+        ts = T0 + n * 2 * PERIOD
+        state.apply([ShardInput("user", CLICKSTREAM.name, [("u0", {**slow, "user_id": "u0", "ts": ts})],
+                                partition=0, high=ts)])
+        closed = state.close_windows()
+        if state.clock <= 30.0:  # heard from (or began) within the last 30 s
+            assert closed == [], "held back by partitions 1 and 2"
+        else:
+            assert closed, "neither holds windows back any more"
+    assert state.watermark() == T0 + 10 * PERIOD  # partition 1 unheard for 50 s: only partition 0 counts
+    assert not any((k + 1) * PERIOD <= state.watermark() - LATENESS for k in state.pending)
