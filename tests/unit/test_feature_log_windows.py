@@ -25,6 +25,16 @@ def _events(seed: int, n: int) -> list[dict]:
     return out
 
 
+def _assert_complete(closed: list, events: list[dict]) -> None:
+    """Every entity active in a closed window has a row there, carrying its last event time in that window."""
+    for window in closed:
+        last = {}
+        for e in events:
+            if window.window_start <= e["ts"] < window.window_end:
+                last[e["user_id"]] = max(last.get(e["user_id"], 0), e["ts"])
+        assert {eid: ts for eid, ts, _ in window.rows} == last
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_closed_windows_equal_the_oracle_as_of_each_rows_event_time(seed):
     events = _events(seed, 600)
@@ -48,14 +58,7 @@ def test_closed_windows_equal_the_oracle_as_of_each_rows_event_time(seed):
             known = [(CLICKSTREAM.name, e) for e in events if e["ts"] <= ts]
             want = expected_features(known)[("user", eid)]
             assert values == pytest.approx({k: v for k, v in want.items() if k != "_ts"})
-    # Complete, whatever the batch boundaries: every entity active in a closed window has a row there,
-    # carrying its last event time in that window.
-    for window in closed:
-        last = {}
-        for e in events:
-            if window.window_start <= e["ts"] < window.window_end:
-                last[e["user_id"]] = max(last.get(e["user_id"], 0), e["ts"])
-        assert {eid: ts for eid, ts, _ in window.rows} == last
+    _assert_complete(closed, events)  # whatever the batch boundaries
     rest = state.close_windows(force=True)  # idle: close every window that event time has passed
     assert all(w.window_end <= state.high for w in rest)
     assert all((k + 1) * PERIOD > state.high for k in state.pending)  # only the current window stays open
@@ -208,12 +211,7 @@ def test_windows_close_by_the_slowest_partition_so_none_reopens(seed):
     ends = [w.window_end for w in closed]
     assert len(set(ends)) == len(ends), "a window closed twice"
     events = [e for _, batch, _ in _two_partitions(seed, ahead=True) for e in batch]
-    for window in closed:
-        last = {}
-        for e in events:
-            if window.window_start <= e["ts"] < window.window_end:
-                last[e["user_id"]] = max(last.get(e["user_id"], 0), e["ts"])
-        assert {eid: ts for eid, ts, _ in window.rows} == last
+    _assert_complete(closed, events)
     unmarked = [w.window_end for w in run(with_marks=False)]
     assert len(set(unmarked)) < len(unmarked)  # what the marks prevent: the same input reopens windows without them
 
