@@ -47,6 +47,11 @@ class BackgroundWriter(Generic[T]):
             if self._done < target:
                 raise self._error or RuntimeError(f"the {self._name} thread stopped")
 
+    @property
+    def alive(self) -> bool:
+        """False once the thread stopped (after `close`, or a write error)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -84,11 +89,11 @@ _SHARED_LOCK = threading.Lock()
 
 
 def shared_writer(key: Hashable, new: Callable[[], BackgroundWriter[T]]) -> BackgroundWriter[T]:
-    """The process's one writer for `key` (made by `new` on first use): one thread per target, shared by the
-    sink partitions Bytewax builds on this process."""
+    """The process's one writer for `key` (made by `new` on first use, or after the last one stopped): one thread
+    per target, shared by the sink partitions Bytewax builds on this process."""
     with _SHARED_LOCK:
         writer = _SHARED.get(key)
-        if writer is None:
+        if writer is None or not writer.alive:
             writer = _SHARED[key] = new()
         return writer
 

@@ -43,6 +43,7 @@ def test_a_failed_write_raises_at_the_next_snapshot():
     part.write_batch([1])
     with pytest.raises(OSError, match="disk full"):
         part.snapshot()
+    assert sink.build_part("s", "user:0", None)._writer.alive  # a rebuilt flow gets a new writer, not the dead one
 
 
 def test_close_writes_everything_then_runs_on_close():
