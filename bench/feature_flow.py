@@ -247,6 +247,11 @@ def freshness(bootstrap: str, serde: TopicSerde, redis_url: str, metrics_port: i
             f"fresh{label}_drained": drained}  # the next phase starts only once this one is in Redis
 
 
+def watched(procs: list[subprocess.Popen], servers: Servers) -> dict[str, int]:
+    """The processes whose CPU each phase reports: the (first) flow process, Tansu and Redis."""
+    return {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}
+
+
 def run_flow(env: dict, procs: int, log: Path) -> list[subprocess.Popen]:
     if procs == 1:
         argvs = [({}, [sys.executable, "-m", "streams.flows.run"])]
@@ -301,7 +306,7 @@ def main() -> None:
         launched = time.monotonic()
         procs = run_flow(env, 1, work / "flow1.log")
         started = wait_first_write(env["STREAMML_REDIS_URL"], 120)
-        with CpuWindow(flow=procs[0].pid, tansu=servers.tansu.proc.pid, redis=servers.redis.proc.pid) as flow_cpu:
+        with CpuWindow(**watched(procs, servers)) as flow_cpu:
             ok = wait_reflected(env["STREAMML_REDIS_URL"], last_ts, 600)
         result["flow_cpu"] = flow_cpu.shares()
         result["flow_startup_s"] = round(started - launched, 2)
@@ -313,7 +318,7 @@ def main() -> None:
                                                     "streamml_features_log_window_merges")
 
         # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
-        watch = {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}
+        watch = watched(procs, servers)
         fresh: list[dict] = []
         for label, rate in (("", args.fresh_rate), ("_light", args.light_rate)):
             phase = [event(rnd, args.events + len(fresh) + n, args.users, args.items, ts)
@@ -354,9 +359,8 @@ def main() -> None:
             time.sleep(3)  # past the flow's start-up
             phase = [event(rnd, args.events + n_fresh + n, args.users, args.items, ts)
                      for n, ts in enumerate(fixed_rate_times(args.fresh_rate, args.fresh_seconds))]
-            watch = {"flow": procs[0].pid, "tansu": servers.tansu.proc.pid, "redis": servers.redis.proc.pid}
             result.update(freshness(servers.bootstrap, serde, env["STREAMML_REDIS_URL"], metrics_port, phase,
-                                    args.fresh_rate, "_new_broker", watch))
+                                    args.fresh_rate, "_new_broker", watched(procs, servers)))
             stop(procs)
             procs = []
         result["goal"] = {"ratio": ">= 0.5", "freshness_p99_ms": "<= 250"}

@@ -132,8 +132,8 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
         return route(b.topic, b.events, b.max_kafka_ts, shards, b.partition, b.high)
 
     routed = op.flat_map("route", batches, to_shards)
-    windowed = {(t, int(p)) for t, p in (part.rsplit(":", 1) for part in parts)}
-    sources = {name: frozenset((t, p) for t, p in windowed if t in plan.windowed_sources) for name, plan in PLANS.items()}
+    sources = {name: frozenset((t, p) for t in plan.windowed_sources if t in metadata.topics
+                               for p in metadata.topics[t].partitions) for name, plan in PLANS.items()}
     logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s, sources)
     outputs = op.stateful_batch("features", routed, logic)
     split = op.branch("split", outputs, lambda kv: isinstance(kv[1], EntityWrites))
