@@ -201,10 +201,13 @@ def histogram(metrics_url: str, name: str, labels: str = "") -> dict[float, floa
     return out
 
 
-def counter_total(metrics_url: str, name: str) -> float:
-    """Sum of a counter's series."""
+def sample_sum(metrics_url: str, sample: str) -> float:
+    """Sum over the series of one sample name (a counter's `_total`, a histogram's `_sum`)."""
     text = httpx.get(metrics_url, timeout=5).text
-    return sum(float(m[1]) for m in re.finditer(rf"^{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return sum(float(m[1]) for m in re.finditer(rf"^{sample}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+SNAPSHOT_SUM = "streamml_features_snapshot_seconds_sum"  # the flow's time standing still for epoch snapshots
 
 
 def quantile(delta: dict[float, float], q: float) -> float:
@@ -235,6 +238,7 @@ def freshness(bootstrap: str, serde: TopicSerde, redis_url: str, metrics_port: i
     `fresh{label}_*` and `freshness{label}_*` figures (CPU of the `watch`ed processes included)."""
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     before = histogram(metrics_url, "streamml_features_freshness_seconds")
+    paused = sample_sum(metrics_url, SNAPSHOT_SUM)
     with CpuWindow(**watch) as cpu:
         produced_s = produce(bootstrap, serde, phase, rate=rate)
     drained = wait_reflected(redis_url, {r["user_id"]: r["ts"] for r in phase}, 300)
@@ -244,7 +248,8 @@ def freshness(bootstrap: str, serde: TopicSerde, redis_url: str, metrics_port: i
     return {f"fresh{label}_cpu": cpu.shares(), f"fresh{label}_rate_eps": round(len(phase) / produced_s),
             f"freshness{label}_p50_ms": round(quantile(delta, 0.5) * 1000, 1),
             f"freshness{label}_p99_ms": round(quantile(delta, 0.99) * 1000, 1),
-            f"fresh{label}_drained": drained}  # the next phase starts only once this one is in Redis
+            f"fresh{label}_drained": drained,  # the next phase starts only once this one is in Redis
+            f"fresh{label}_snapshot_s": round(sample_sum(metrics_url, SNAPSHOT_SUM) - paused, 2)}
 
 
 def watched(procs: list[subprocess.Popen], servers: Servers) -> dict[str, int]:
@@ -314,8 +319,9 @@ def main() -> None:
         result["flow_eps"] = round(args.events / result["flow_s"]) if ok else 0
         result["ratio"] = round(result["flow_eps"] / result["ceiling_eps"], 3)
         time.sleep(1)  # the last windows' files
-        result["log_window_merges"] = counter_total(f"http://127.0.0.1:{metrics_port}/metrics",
-                                                    "streamml_features_log_window_merges")
+        flow_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        result["log_window_merges"] = sample_sum(flow_metrics, "streamml_features_log_window_merges_total")
+        result["snapshot_s"] = round(sample_sum(flow_metrics, SNAPSHOT_SUM), 2)
 
         # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
         watch = watched(procs, servers)

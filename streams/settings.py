@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.errors import ConfigError
-from streams.runtime.lifecycle import GC_THRESHOLDS
+from streams.runtime.lifecycle import EPOCH_GC_THRESHOLDS
 
 ENV_PREFIX = "STREAMML_"
 _KAFKA_PREFIX = f"{ENV_PREFIX}KAFKA_"
@@ -166,7 +166,7 @@ class FeatureFlowSettings(Settings):
     features_log_idle_s: float = Field(30.0, gt=0, description="Close a quiet shard's open log windows after this; a "
                                        "source partition quiet this long stops holding log windows back.")
     features_gc_thresholds: tuple[int, int, int] = Field(
-        GC_THRESHOLDS, description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
+        EPOCH_GC_THRESHOLDS, description="gc.set_threshold after startup (Python's default: 700, 10, 10).")
 
     @property
     def recovery_dir(self) -> Path:

@@ -110,6 +110,10 @@ class ShardState:
         self.states: dict[str, EntityState] = states if states is not None else {}
         self.period_ms, self.lateness_ms = period_ms, lateness_ms
         self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
+        # Each open log window pickled, while unchanged since: a snapshot pickles again only the windows written
+        # since the last one. A window lives period + lateness (60 epochs by default) and holds a row per entity
+        # it saw; every open window was pickled again at every epoch before.
+        self._window_bytes: dict[int, bytes] = {}
         self.high = high
         self._high_cap: int | None = None  # set per batch from its Kafka timestamps (see `apply`)
         # (topic, partition) -> (its event-time high, `clock` when heard). Not in snapshots: after a restart the
@@ -138,6 +142,7 @@ class ShardState:
             if end > limit:
                 break
             rows = [(eid, ts, values) for eid, (ts, values) in self.pending.pop(k).items()]
+            self._window_bytes.pop(k, None)
             out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
         return out
 
@@ -203,6 +208,7 @@ class ShardState:
         if window is None:
             window = self.pending[k] = {}
         window[eid] = (ts, values)
+        self._window_bytes.pop(k, None)
 
     def freeze_some(self, limit: int, changed_before: float = float("inf")) -> int:
         """Pickle up to `limit` of the least recently changed entities, last changed before `changed_before`
@@ -223,15 +229,22 @@ class ShardState:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it); entities
         unchanged since they were last pickled are copied as those bytes."""
         self.freeze_some(len(self._dirty))
-        return pickle.dumps((self._frozen, self.pending, self.high), protocol=pickle.HIGHEST_PROTOCOL)
+        cached = self._window_bytes
+        for k, window in self.pending.items():
+            if k not in cached:
+                cached[k] = pickle.dumps(window, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((self._frozen, cached, self.high), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None, **options: Any) -> ShardState:
         if snapshot is None:
             return cls(entity, **options)
-        frozen, pending, high = pickle.loads(snapshot)
+        frozen, windows, high = pickle.loads(snapshot)
+        pending = {k: pickle.loads(w) if isinstance(w, bytes) else w for k, w in windows.items()}  # dicts: older
         if frozen and not isinstance(next(iter(frozen.values())), bytes):  # written before per-entity bytes
             return cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, pending=pending,
                        high=high, **options)
-        return cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, pending=pending,
-                   high=high, frozen=frozen, **options)
+        state = cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, pending=pending,
+                    high=high, frozen=frozen, **options)
+        state._window_bytes = {k: w for k, w in windows.items() if isinstance(w, bytes)}
+        return state

@@ -31,6 +31,7 @@ from streams.features.shard import (
     ShardState,
     route,
 )
+from streams.flows import metrics
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
 from streams.runtime.lifecycle import freeze_survivors
 from streams.settings import FeatureFlowSettings
@@ -80,8 +81,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
 
     def snapshot(self) -> tuple[str, bytes]:
         assert self._state is not None
+        started = time.perf_counter()
         snapshot = self._state.entity, self._state.snapshot()
         freeze_survivors()  # at each epoch: the GC stops walking the state that survived it
+        metrics.SNAPSHOT_SECONDS.labels(self._state.entity).observe(time.perf_counter() - started)
         return snapshot
 
 

@@ -27,3 +27,7 @@ PARQUET_ROWS = Counter("streamml_features_parquet_rows_total", "Rows written to 
 LOG_WINDOW_MERGES = Counter("streamml_features_log_window_merges_total",
                             "Feature-log windows written again into an existing file (re-sent after a restart, or reopened by an "
                             "event that arrived after the window had closed).", ["entity"])
+SNAPSHOT_SECONDS = Histogram(
+    "streamml_features_snapshot_seconds", "Time one state shard took to snapshot at an epoch's end (the flow stands still "
+    "meanwhile; an epoch's pause is the sum over its shards).", ["entity"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))

@@ -116,14 +116,42 @@ def test_incremental_snapshots_restore_exactly_what_a_full_copy_would(seed):
     assert {k: pickle.loads(b) for k, b in pickle.loads(state.snapshot())[0].items()} == full
 
 
-def test_snapshots_written_before_per_entity_bytes_still_restore():
+def test_snapshots_written_by_earlier_versions_still_restore():
     import pickle
 
     state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
     state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in _events(8, 60)])])
-    old = pickle.dumps(({k: s.dump() for k, s in state.states.items()}, state.pending, state.high))
-    restored = ShardState.restore("user", old, period_ms=PERIOD, lateness_ms=LATENESS)
-    assert {k: s.dump() for k, s in restored.states.items()} == {k: s.dump() for k, s in state.states.items()}
+    dumps = {k: s.dump() for k, s in state.states.items()}
+    before_entity_bytes = pickle.dumps((dumps, state.pending, state.high))
+    before_window_bytes = pickle.dumps(({k: pickle.dumps(d) for k, d in dumps.items()}, state.pending, state.high))
+    for old in (before_entity_bytes, before_window_bytes):
+        restored = ShardState.restore("user", old, period_ms=PERIOD, lateness_ms=LATENESS)
+        assert {k: s.dump() for k, s in restored.states.items()} == dumps
+        assert restored.pending == state.pending and restored.high == state.high
+
+
+def test_an_open_window_is_pickled_again_exactly_when_written_since_the_last_snapshot():
+    """Snapshots keep each open log window's bytes while it is unchanged: a window written after a snapshot, or
+    closed and opened again under the same index, must come back as it is now, never as it was."""
+    events = _events(15, 200)
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=10 * PERIOD)  # several windows stay open
+
+    def restored() -> ShardState:
+        return ShardState.restore("user", state.snapshot(), period_ms=PERIOD, lateness_ms=10 * PERIOD)
+
+    def feed(batch: list[dict]) -> None:
+        state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in batch])])
+
+    feed(events[:150])
+    assert len(state.pending) > 2 and restored().pending == state.pending
+    oldest = min(state.pending)
+    late = {**events[0], "ts": oldest * PERIOD + 1, "user_id": "u9"}  # writes only into the oldest open window
+    feed([late])
+    assert "u9" in restored().pending[oldest] and restored().pending == state.pending
+    state.close_windows(force=True)
+    feed([late])  # the oldest window again, closed meanwhile: a new window under the same index
+    again = restored()
+    assert again.pending == state.pending and set(again.pending[oldest]) == {"u9"}
 
 
 def test_freeze_some_pickles_the_least_recently_changed_quiet_entities_first():
