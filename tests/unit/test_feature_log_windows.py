@@ -130,7 +130,7 @@ def test_snapshots_written_by_earlier_versions_still_restore():
         assert restored.pending == state.pending and restored.high == state.high
 
 
-def test_an_open_window_is_pickled_again_exactly_when_written_since_the_last_snapshot():
+def test_a_window_written_since_the_last_snapshot_restores_as_it_is_now():
     """Snapshots keep each open log window's bytes while it is unchanged: a window written after a snapshot, or
     closed and opened again under the same index, must come back as it is now, never as it was."""
     events = _events(15, 200)
