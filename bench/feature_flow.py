@@ -208,6 +208,12 @@ def sample_sum(metrics_url: str, sample: str) -> float:
 
 
 SNAPSHOT_SUM = "streamml_features_snapshot_seconds_sum"  # the flow's time standing still for epoch snapshots
+SNAPSHOT_BYTES = "streamml_features_snapshot_bytes_total"  # what those snapshots handed to the recovery store
+
+
+def snapshots(metrics_url: str) -> tuple[float, float]:
+    """(seconds, MB) the flow has spent on and written in epoch snapshots so far."""
+    return sample_sum(metrics_url, SNAPSHOT_SUM), sample_sum(metrics_url, SNAPSHOT_BYTES) / 1e6
 
 
 def quantile(delta: dict[float, float], q: float) -> float:
@@ -238,18 +244,20 @@ def freshness(bootstrap: str, serde: TopicSerde, redis_url: str, metrics_port: i
     `fresh{label}_*` and `freshness{label}_*` figures (CPU of the `watch`ed processes included)."""
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     before = histogram(metrics_url, "streamml_features_freshness_seconds")
-    paused = sample_sum(metrics_url, SNAPSHOT_SUM)
+    paused, written = snapshots(metrics_url)
     with CpuWindow(**watch) as cpu:
         produced_s = produce(bootstrap, serde, phase, rate=rate)
     drained = wait_reflected(redis_url, {r["user_id"]: r["ts"] for r in phase}, 300)
     time.sleep(1)
     after = histogram(metrics_url, "streamml_features_freshness_seconds")
     delta = {b: after[b] - before.get(b, 0.0) for b in after}
+    paused_after, written_after = snapshots(metrics_url)
     return {f"fresh{label}_cpu": cpu.shares(), f"fresh{label}_rate_eps": round(len(phase) / produced_s),
             f"freshness{label}_p50_ms": round(quantile(delta, 0.5) * 1000, 1),
             f"freshness{label}_p99_ms": round(quantile(delta, 0.99) * 1000, 1),
             f"fresh{label}_drained": drained,  # the next phase starts only once this one is in Redis
-            f"fresh{label}_snapshot_s": round(sample_sum(metrics_url, SNAPSHOT_SUM) - paused, 2)}
+            f"fresh{label}_snapshot_s": round(paused_after - paused, 2),
+            f"fresh{label}_snapshot_mb": round(written_after - written, 1)}
 
 
 def watched(procs: list[subprocess.Popen], servers: Servers) -> dict[str, int]:
@@ -321,7 +329,8 @@ def main() -> None:
         time.sleep(1)  # the last windows' files
         flow_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         result["log_window_merges"] = sample_sum(flow_metrics, "streamml_features_log_window_merges_total")
-        result["snapshot_s"] = round(sample_sum(flow_metrics, SNAPSHOT_SUM), 2)
+        paused, written = snapshots(flow_metrics)
+        result["snapshot_s"], result["snapshot_mb"] = round(paused, 2), round(written, 1)
 
         # Freshness: fixed-rate streams into the running flow (the asked rate, then a light one).
         watch = watched(procs, servers)

@@ -85,6 +85,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
         snapshot = self._state.entity, self._state.snapshot()
         freeze_survivors()  # at each epoch: the GC stops walking the state that survived it
         metrics.SNAPSHOT_SECONDS.labels(self._state.entity).observe(time.perf_counter() - started)
+        metrics.SNAPSHOT_BYTES.labels(self._state.entity).inc(len(snapshot[1]))
         return snapshot
 
 

@@ -31,3 +31,7 @@ SNAPSHOT_SECONDS = Histogram(
     "streamml_features_snapshot_seconds", "Time one state shard took to snapshot at an epoch's end (the flow stands still "
     "meanwhile; an epoch's pause is the sum over its shards).", ["entity"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+SNAPSHOT_BYTES = Counter(
+    "streamml_features_snapshot_bytes_total", "Bytes of state snapshots handed to the recovery store. Every shard changed in "
+    "an epoch is snapshotted whole, so this grows with the entity count; the epoch pause and the store's writes with it.",
+    ["entity"])
