@@ -110,10 +110,14 @@ class ShardState:
         self.states: dict[str, EntityState] = states if states is not None else {}
         self.period_ms, self.lateness_ms = period_ms, lateness_ms
         self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
-        # Each open log window pickled, while unchanged since: a snapshot pickles again only the windows written
-        # since the last one. A window lives period + lateness (60 epochs by default) and holds a row per entity
-        # it saw; every open window was pickled again at every epoch before.
-        self._window_bytes: dict[int, bytes] = {}
+        # Open log windows in snapshots. An entry whose entity has moved on to a later window is final (event time
+        # never goes back), so it is pickled once, in a chunk with the others that became final in that epoch; an
+        # entry still current holds its entity's present values, so a snapshot names just the entity and `restore`
+        # evaluates it again. Pickling a window whole at every epoch it changed cost as much as the window: at
+        # 10k ev/s the current one holds a row for nearly every entity of the shard.
+        self._chunks: dict[int, list[bytes]] = {}  # window -> its final entries, pickled
+        self._sealed: dict[int, set[str]] = {}  # window -> the entities whose entries are in its chunks
+        self._moved: dict[int, list[str]] = {}  # window -> entities whose entries became final since the snapshot
         self.high = high
         self._high_cap: int | None = None  # set per batch from its Kafka timestamps (see `apply`)
         # (topic, partition) -> (its event-time high, `clock` when heard). Not in snapshots: after a restart the
@@ -142,7 +146,7 @@ class ShardState:
             if end > limit:
                 break
             rows = [(eid, ts, values) for eid, (ts, values) in self.pending.pop(k).items()]
-            self._window_bytes.pop(k, None)
+            self._chunks.pop(k, None), self._sealed.pop(k, None), self._moved.pop(k, None)
             out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
         return out
 
@@ -163,6 +167,7 @@ class ShardState:
         self._high_cap = max_kts + MAX_CLOCK_SKEW_MS if max_kts > 0 else None
         if self._began is None:
             self._began = self.clock
+        period = self.period_ms
         for part in inputs:
             if part.high is not None and part.partition is not None:
                 self.marks[(part.topic, part.partition)] = (part.high, self.clock)
@@ -171,21 +176,26 @@ class ShardState:
                     state = states.get(eid)
                     if state is None:
                         state = states[eid] = plan.new_state()
+                    before = state.ts // period
                     state.apply_change(plan, part.topic, record["op"], record.get("after"), record["ts_ms"])
+                    if state.ts // period > before:
+                        self._seal(eid, before)
                     touched[eid] = state
             else:
-                period = self.period_ms
                 for eid, record in part.rows:
                     state = states.get(eid)
                     if state is None:
                         state = states[eid] = plan.new_state()
                     ts = record["ts"]
-                    if eid in touched and ts // period > state.ts // period:
-                        # The entity moves on to a later log window inside this batch: keep its
-                        # values as of its last event in the window it leaves, so the log does not
-                        # depend on where batches happen to end. (Changes from earlier batches were
-                        # logged when those batches ended.)
-                        self._log(eid, state.ts, state.values(plan))
+                    before = state.ts // period
+                    if ts // period > before:
+                        if eid in touched:
+                            # The entity moves on to a later log window inside this batch: keep its
+                            # values as of its last event in the window it leaves, so the log does not
+                            # depend on where batches happen to end. (Changes from earlier batches were
+                            # logged when those batches ended.)
+                            self._log(eid, state.ts, state.values(plan))
+                        self._seal(eid, before)
                     state.apply_event(plan, record, ts)
                     touched[eid] = state
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
@@ -208,7 +218,15 @@ class ShardState:
         if window is None:
             window = self.pending[k] = {}
         window[eid] = (ts, values)
-        self._window_bytes.pop(k, None)
+
+    def _seal(self, eid: str, k: int) -> None:
+        """The entity leaves log window `k` for a later one: its entry there, if any, is final."""
+        window = self.pending.get(k)
+        if window is not None and eid in window:
+            moved = self._moved.get(k)
+            if moved is None:
+                moved = self._moved[k] = []
+            moved.append(eid)
 
     def freeze_some(self, limit: int, changed_before: float = float("inf")) -> int:
         """Pickle up to `limit` of the least recently changed entities, last changed before `changed_before`
@@ -229,22 +247,39 @@ class ShardState:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it); entities
         unchanged since they were last pickled are copied as those bytes."""
         self.freeze_some(len(self._dirty))
-        cached = self._window_bytes
+        windows = {}
         for k, window in self.pending.items():
-            if k not in cached:
-                cached[k] = pickle.dumps(window, protocol=pickle.HIGHEST_PROTOCOL)
-        return pickle.dumps((self._frozen, cached, self.high), protocol=pickle.HIGHEST_PROTOCOL)
+            chunks, sealed = self._chunks.setdefault(k, []), self._sealed.setdefault(k, set())
+            moved = self._moved.pop(k, None)
+            if moved:
+                chunks.append(pickle.dumps({eid: window[eid] for eid in moved}, protocol=pickle.HIGHEST_PROTOCOL))
+                sealed.update(moved)
+            windows[k] = (chunks, [eid for eid in window if eid not in sealed])
+        return pickle.dumps((self._frozen, windows, self.high), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None, **options: Any) -> ShardState:
         if snapshot is None:
             return cls(entity, **options)
         frozen, windows, high = pickle.loads(snapshot)
-        pending = {k: pickle.loads(w) if isinstance(w, bytes) else w for k, w in windows.items()}  # dicts: older
         if frozen and not isinstance(next(iter(frozen.values())), bytes):  # written before per-entity bytes
-            return cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, pending=pending,
-                       high=high, **options)
-        state = cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, pending=pending,
-                    high=high, frozen=frozen, **options)
-        state._window_bytes = {k: w for k, w in windows.items() if isinstance(w, bytes)}
+            state = cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, high=high, **options)
+        else:
+            state = cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, high=high,
+                        frozen=frozen, **options)
+        plan, states, period = state.plan, state.states, state.period_ms
+        for k, w in windows.items():
+            if isinstance(w, tuple):  # (final entries in chunks, entities whose entries are their present values)
+                chunks, live = w
+                window: dict[str, tuple[int, dict[str, Any]]] = {}
+                for chunk in chunks:
+                    window.update(pickle.loads(chunk))
+                state._chunks[k], state._sealed[k] = list(chunks), set(window)
+                for eid in live:
+                    entity_state = states[eid]
+                    window[eid] = (entity_state.ts, entity_state.values(plan))
+            else:  # each window whole (pickled, or a dict before that): its final entries are sealed at the next snapshot
+                window = pickle.loads(w) if isinstance(w, bytes) else w
+                state._moved[k] = [eid for eid in window if states[eid].ts // period > k]
+            state.pending[k] = window
         return state

@@ -123,11 +123,16 @@ def test_snapshots_written_by_earlier_versions_still_restore():
     state.apply([ShardInput("user", CLICKSTREAM.name, [(e["user_id"], e) for e in _events(8, 60)])])
     dumps = {k: s.dump() for k, s in state.states.items()}
     before_entity_bytes = pickle.dumps((dumps, state.pending, state.high))
-    before_window_bytes = pickle.dumps(({k: pickle.dumps(d) for k, d in dumps.items()}, state.pending, state.high))
-    for old in (before_entity_bytes, before_window_bytes):
+    entity_bytes = {k: pickle.dumps(d) for k, d in dumps.items()}
+    before_window_bytes = pickle.dumps((entity_bytes, state.pending, state.high))
+    whole_windows = pickle.dumps((entity_bytes, {k: pickle.dumps(w) for k, w in state.pending.items()}, state.high))
+    for old in (before_entity_bytes, before_window_bytes, whole_windows):
         restored = ShardState.restore("user", old, period_ms=PERIOD, lateness_ms=LATENESS)
         assert {k: s.dump() for k, s in restored.states.items()} == dumps
         assert restored.pending == state.pending and restored.high == state.high
+        # snapshotted again in today's layout: the final entries of those windows are sealed, the rest evaluated
+        again = ShardState.restore("user", restored.snapshot(), period_ms=PERIOD, lateness_ms=LATENESS)
+        assert again.pending == state.pending
 
 
 def test_a_window_written_since_the_last_snapshot_restores_as_it_is_now():
@@ -152,6 +157,41 @@ def test_a_window_written_since_the_last_snapshot_restores_as_it_is_now():
     feed([late])  # the oldest window again, closed meanwhile: a new window under the same index
     again = restored()
     assert again.pending == state.pending and set(again.pending[oldest]) == {"u9"}
+
+
+def test_a_snapshot_pickles_a_log_entry_once_it_is_final_and_names_the_current_ones():
+    """An entry whose entity has moved on to a later window cannot change again: it is pickled once. An entry
+    still current holds its entity's present values: the snapshot names the entity, `restore` evaluates it."""
+    import pickle
+
+    from schemas.topics import CDC_USERS
+
+    state = ShardState("user", period_ms=PERIOD, lateness_ms=10 * PERIOD)
+
+    def feed(topic: str, *rows: dict) -> None:
+        state.apply([ShardInput("user", topic, [(r.get("user_id") or r["after"]["user_id"], r) for r in rows])])
+
+    def windows() -> dict:
+        return pickle.loads(state.snapshot())[1]
+
+    def view(user: str, ts: int) -> dict:
+        return {"event_type": "page_view", "user_id": user, "item_id": "i1", "price": 2.0, "ts": ts, "session_id": "s"}
+
+    feed(CLICKSTREAM.name, *(view(f"u{n}", T0 + n) for n in range(50)))
+    first = T0 // PERIOD
+    assert windows() == {first: ([], [f"u{n}" for n in range(50)])}  # no values pickled: all current
+    feed(CLICKSTREAM.name, view("u1", T0 + PERIOD), view("u2", T0 + PERIOD + 1))  # two move on
+    change = {"op": "u", "before": None, "after": {"user_id": "u3", "tier": "gold", "country": "DE",
+                                                   "signup_ts": T0}, "ts_ms": T0 + PERIOD + 2}
+    feed(CDC_USERS.name, change)  # a CDC change moves an entity on too
+    snap = windows()
+    chunks, live = snap[first]
+    assert [set(pickle.loads(c)) for c in chunks] == [{"u1", "u2", "u3"}] and len(live) == 47
+    assert snap[first + 1] == ([], ["u1", "u2", "u3"])
+    feed(CLICKSTREAM.name, view("u1", T0 + PERIOD + 5))  # nothing else leaves the first window
+    assert windows()[first][0] == chunks  # the same bytes, not pickled again
+    restored = ShardState.restore("user", state.snapshot(), period_ms=PERIOD, lateness_ms=10 * PERIOD)
+    assert restored.pending == state.pending
 
 
 def test_freeze_some_pickles_the_least_recently_changed_quiet_entities_first():
