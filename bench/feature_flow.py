@@ -208,7 +208,7 @@ def sample_sum(metrics_url: str, sample: str) -> float:
 
 
 SNAPSHOT_SUM = "streamml_features_snapshot_seconds_sum"  # the flow's time standing still for epoch snapshots
-SNAPSHOT_BYTES = "streamml_features_snapshot_bytes_total"  # what those snapshots handed to the recovery store
+SNAPSHOT_BYTES = "streamml_features_snapshot_bytes_total"  # what those snapshots wrote (segments and manifests)
 
 
 def snapshots(metrics_url: str) -> tuple[float, float]:

@@ -82,3 +82,7 @@ class ModelNotFoundError(ModelError):
 
 class CdcError(StreammlError):
     """The CDC reader cannot capture as configured (source database settings, tables, slot, protocol)."""
+
+
+class RecoveryError(StreammlError):
+    """The feature flow's recovery state cannot be read back (a state segment missing or unreadable)."""

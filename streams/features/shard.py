@@ -29,6 +29,7 @@ class ShardInput:
     entity: str
     topic: str
     rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (entity id, record)
+    shard: str = ""  # the Bytewax key, "user:7"
     max_kafka_ts: int = 0
     partition: int | None = None  # the source partition, and its event-time high after the batch (windowed
     high: int | None = None  # topics): the partition's later events are at most the lateness behind it
@@ -81,8 +82,8 @@ def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: i
             key = prefix + str(shard_of(eid, shards))
             part = out.get(key)
             if part is None:
-                part = out[key] = ShardInput(entity.name, topic, max_kafka_ts=max_kafka_ts, partition=partition,
-                                             high=high)
+                part = out[key] = ShardInput(entity.name, topic, shard=key, max_kafka_ts=max_kafka_ts,
+                                             partition=partition, high=high)
             part.rows.append((eid, record))
     return list(out.items())
 
@@ -118,6 +119,7 @@ class ShardState:
         self._chunks: dict[int, list[bytes]] = {}  # window -> its final entries, pickled
         self._sealed: dict[int, set[str]] = {}  # window -> the entities whose entries are in its chunks
         self._moved: dict[int, list[str]] = {}  # window -> entities whose entries became final since the snapshot
+        self._handed: dict[int, int] = {}  # window -> how many of its chunks a `delta` has handed out
         self.high = high
         self._high_cap: int | None = None  # set per batch from its Kafka timestamps (see `apply`)
         # (topic, partition) -> (its event-time high, `clock` when heard). Not in snapshots: after a restart the
@@ -131,6 +133,7 @@ class ShardState:
         # Changed entities -> `clock` at their last change, least recently changed first: `freeze_some` pickles
         # from the front between snapshots, so the epoch boundary, when the flow stands still, finds few left.
         self._dirty: dict[str, float] = dict.fromkeys((eid for eid in self.states if eid not in self._frozen), 0.0)
+        self._unsaved: set[str] = set()  # entities pickled again since the last `delta`
         self.clock = 0.0  # stamp for the entities `apply` changes (the flow sets its wall clock; pure otherwise)
 
     def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
@@ -146,7 +149,7 @@ class ShardState:
             if end > limit:
                 break
             rows = [(eid, ts, values) for eid, (ts, values) in self.pending.pop(k).items()]
-            self._chunks.pop(k, None), self._sealed.pop(k, None), self._moved.pop(k, None)
+            self._chunks.pop(k, None), self._sealed.pop(k, None), self._moved.pop(k, None), self._handed.pop(k, None)
             out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
         return out
 
@@ -241,12 +244,35 @@ class ShardState:
                 frozen.pop(eid, None)
             else:
                 frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
+        self._unsaved.update(oldest)
         return len(oldest)
 
     def snapshot(self) -> bytes:
         """An immutable copy for Bytewax recovery (bytes, so later mutation cannot leak into it); entities
         unchanged since they were last pickled are copied as those bytes."""
         self.freeze_some(len(self._dirty))
+        return pickle.dumps((self._frozen, self._seal_windows(), self.high), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def delta(self) -> StateDelta:
+        """What changed since the last `delta`, for a store that keeps the rest (`streams/flows/state_store.py`)."""
+        self.freeze_some(len(self._dirty))
+        windows, handed, fresh = self._seal_windows(), self._handed, {}
+        for k, (chunks, _) in windows.items():
+            if len(chunks) > handed.get(k, 0):
+                fresh[k] = chunks[handed.get(k, 0):]
+                handed[k] = len(chunks)
+        frozen = self._frozen
+        entities = {eid: frozen.get(eid) for eid in self._unsaved}
+        self._unsaved = set()
+        return StateDelta(entities, fresh, {k: (len(chunks), live) for k, (chunks, live) in windows.items()}, self.high)
+
+    def everything(self) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
+        """Every entity and every final log entry, pickled (after a `delta`): a store's new base."""
+        return self._frozen, {k: chunks for k, chunks in self._chunks.items() if chunks}
+
+    def _seal_windows(self) -> dict[int, tuple[list[bytes], list[str]]]:
+        """Pickle the log entries made final since the last call; per open window, its chunks and the entities
+        whose entries are still current (evaluated again on restore)."""
         windows = {}
         for k, window in self.pending.items():
             chunks, sealed = self._chunks.setdefault(k, []), self._sealed.setdefault(k, set())
@@ -255,13 +281,19 @@ class ShardState:
                 chunks.append(pickle.dumps({eid: window[eid] for eid in moved}, protocol=pickle.HIGHEST_PROTOCOL))
                 sealed.update(moved)
             windows[k] = (chunks, [eid for eid in window if eid not in sealed])
-        return pickle.dumps((self._frozen, windows, self.high), protocol=pickle.HIGHEST_PROTOCOL)
+        return windows
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None, **options: Any) -> ShardState:
         if snapshot is None:
             return cls(entity, **options)
         frozen, windows, high = pickle.loads(snapshot)
+        return cls.from_parts(entity, frozen, windows, high, **options)
+
+    @classmethod
+    def from_parts(cls, entity: str, frozen: dict[str, Any], windows: dict[int, Any], high: int,
+                   **options: Any) -> ShardState:
+        """A state from pickled entities and open windows as `snapshot` lays them out (or earlier layouts)."""
         if frozen and not isinstance(next(iter(frozen.values())), bytes):  # written before per-entity bytes
             state = cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, high=high, **options)
         else:
@@ -274,7 +306,7 @@ class ShardState:
                 window: dict[str, tuple[int, dict[str, Any]]] = {}
                 for chunk in chunks:
                     window.update(pickle.loads(chunk))
-                state._chunks[k], state._sealed[k] = list(chunks), set(window)
+                state._chunks[k], state._sealed[k], state._handed[k] = list(chunks), set(window), len(chunks)
                 for eid in live:
                     entity_state = states[eid]
                     window[eid] = (entity_state.ts, entity_state.values(plan))
@@ -283,3 +315,14 @@ class ShardState:
                 state._moved[k] = [eid for eid in window if states[eid].ts // period > k]
             state.pending[k] = window
         return state
+
+
+@dataclass(slots=True)
+class StateDelta:
+    """A shard's changes since its last `delta`: entities pickled again (None: gone), log chunks pickled since,
+    and per open window how many chunks it has and which entities' entries are still current."""
+
+    entities: dict[str, bytes | None]
+    chunks: dict[int, list[bytes]]
+    windows: dict[int, tuple[int, list[str]]]
+    high: int

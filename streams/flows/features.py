@@ -6,6 +6,7 @@ its share for one shard), which is what keeps Bytewax's per-item overhead off th
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from confluent_kafka.admin import AdminClient
 
+from schemas.errors import RecoveryError
 from schemas.topics import TopicSpec
 from streams.features.definitions import ENTITIES, source_topics
 from streams.features.keys import namespace_prefix
@@ -33,6 +35,7 @@ from streams.features.shard import (
 )
 from streams.flows import metrics
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
+from streams.flows.state_store import SegmentStore, is_manifest
 from streams.runtime.lifecycle import freeze_survivors
 from streams.settings import FeatureFlowSettings
 from streams.sinks.dead_letters import DeadLetterSink
@@ -49,15 +52,34 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
     """
 
     def __init__(self, period_ms: int, lateness_ms: int, idle_s: float, sources: Mapping[str, frozenset[tuple[str, int]]],
-                 resume: tuple[str, bytes] | None):
+                 state_dir: Path | None, resume: tuple[str, bytes] | None):
         self._options = {"period_ms": period_ms, "lateness_ms": lateness_ms, "mark_ttl_s": idle_s}
         self._sources = sources  # entity -> the windowed partitions feeding it (they hold its log windows back)
+        self._state_dir = state_dir  # segment files of each shard's state (None: whole snapshots to Bytewax)
+        self._store: SegmentStore | None = None
         self._idle = timedelta(seconds=idle_s)
         self._last_batch = datetime.now(UTC)
-        self._state = (ShardState.restore(resume[0], resume[1], sources=sources.get(resume[0], frozenset()),
-                                          **self._options) if resume is not None else None)
+        self._state: ShardState | None = None
+        if resume is not None:
+            entity, data = resume
+            options = {"sources": sources.get(entity, frozenset()), **self._options}
+            snapshot = pickle.loads(data)
+            if is_manifest(snapshot):
+                self._store = SegmentStore(self._require_dir(), snapshot[1])
+                self._state = ShardState.from_parts(entity, *self._store.load(snapshot), **options)
+            else:  # a whole snapshot (recovery without segments, or an earlier version)
+                self._state = ShardState.from_parts(entity, *snapshot, **options)
+
+    def _require_dir(self) -> Path:
+        if self._state_dir is None:
+            raise RecoveryError("this recovery store names state segments but the flow runs without them; "
+                                "run it with recovery on (STREAMML_FEATURES_RECOVERY=true)")
+        return self._state_dir
 
     def on_batch(self, values: list[ShardInput]) -> tuple[list, bool]:
+        if self._store is None and self._state_dir is not None:  # first batch since a start without segments
+            self._store = SegmentStore(self._state_dir, values[0].shard)
+            self._store.clean()
         if self._state is None:
             entity = values[0].entity
             self._state = ShardState(entity, sources=self._sources.get(entity, frozenset()), **self._options)
@@ -82,10 +104,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
     def snapshot(self) -> tuple[str, bytes]:
         assert self._state is not None
         started = time.perf_counter()
-        snapshot = self._state.entity, self._state.snapshot()
+        data = self._state.snapshot() if self._store is None else self._store.save(self._state)
+        snapshot = self._state.entity, data
         freeze_survivors()  # at each epoch: the GC stops walking the state that survived it
         metrics.SNAPSHOT_SECONDS.labels(self._state.entity).observe(time.perf_counter() - started)
-        metrics.SNAPSHOT_BYTES.labels(self._state.entity).inc(len(snapshot[1]))
+        segment = self._store.last_bytes if self._store is not None else 0
+        metrics.SNAPSHOT_BYTES.labels(self._state.entity).inc(len(data) + segment)
         return snapshot
 
 
@@ -105,6 +129,7 @@ class FlowConfig:
     log_period_ms: int = 300_000
     log_idle_s: float = 30.0
     fetch_wait_ms: int = 10
+    state_dir: Path | None = None  # each shard's state as segment files (with recovery; see state_store.py)
 
     @classmethod
     def from_settings(cls, s: FeatureFlowSettings) -> FlowConfig:
@@ -112,7 +137,7 @@ class FlowConfig:
                    int(s.features_lateness_s * 1000), s.features_batch_size,
                    namespace_prefix(s.features_namespace) if s.features_namespace else None,
                    source_topics(), int(s.features_log_period_s * 1000), s.features_log_idle_s,
-                   s.features_fetch_wait_ms)
+                   s.features_fetch_wait_ms, s.recovery_dir / "state" if s.features_recovery else None)
 
 
 def build_flow(cfg: FlowConfig) -> Dataflow:
@@ -138,7 +163,7 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
     routed = op.flat_map("route", batches, to_shards)
     sources = {name: frozenset((t, p) for t in plan.windowed_sources if t in metadata.topics
                                for p in metadata.topics[t].partitions) for name, plan in PLANS.items()}
-    logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s, sources)
+    logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s, sources, cfg.state_dir)
     outputs = op.stateful_batch("features", routed, logic)
     split = op.branch("split", outputs, lambda kv: isinstance(kv[1], EntityWrites))
     shard_keys = [f"{e.name}:{i}" for e in ENTITIES for i in range(shards)]

@@ -32,6 +32,6 @@ SNAPSHOT_SECONDS = Histogram(
     "meanwhile; an epoch's pause is the sum over its shards).", ["entity"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 SNAPSHOT_BYTES = Counter(
-    "streamml_features_snapshot_bytes_total", "Bytes of state snapshots handed to the recovery store. Every shard changed in "
-    "an epoch is snapshotted whole, so this grows with the entity count; the epoch pause and the store's writes with it.",
+    "streamml_features_snapshot_bytes_total", "Bytes each epoch's state snapshots wrote: segment files (a delta, or "
+    "a new base now and then) plus the manifest handed to Bytewax's recovery store.",
     ["entity"])

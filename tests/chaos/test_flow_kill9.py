@@ -56,6 +56,10 @@ def test_sigkill_at_random_points_converges_to_the_oracle(fresh_kafka, registry_
         flow.send_signal(signal.SIGTERM)
         flow.wait(30)
     assert kills == 5
+    # Each shard's state went to segment files, and replaced or orphaned ones were deleted: 6-8 files a shard
+    # were left here, where keeping them all would leave one per epoch (1 s) of every run.
+    shards = list((tmp_path / "home" / "recovery" / "features" / "state").iterdir())
+    assert shards and all(0 < len(list(shard.glob("*.seg"))) <= 16 for shard in shards)
 
     files = glob.glob(str(tmp_path / "home" / "data" / "events" / "topic=*" / "date=*" / "hour=*" / "*.parquet"))
     rows = pq.ParquetDataset(files).read(columns=["_topic", "_partition", "_offset"]).to_pylist()
