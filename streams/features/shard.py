@@ -20,6 +20,7 @@ from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
 # Topics whose events feed windows (the lateness rule applies to them): derived from the feature list.
 WINDOWED_TOPICS = frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
+SEAL_CHUNK = 1024  # final log entries are pickled in chunks of this many, between batches
 
 
 @dataclass(slots=True)
@@ -117,7 +118,7 @@ class ShardState:
         # evaluates it again. Pickling a window whole at every epoch it changed cost as much as the window: at
         # 10k ev/s the current one holds a row for nearly every entity of the shard.
         self._chunks: dict[int, list[bytes]] = {}  # window -> its final entries, pickled
-        self._sealed: dict[int, set[str]] = {}  # window -> the entities whose entries are in its chunks
+        self._live: dict[int, dict[str, None]] = {}  # window -> the entities whose entries are not in its chunks
         self._moved: dict[int, list[str]] = {}  # window -> entities whose entries became final since the snapshot
         self._handed: dict[int, int] = {}  # window -> how many of its chunks a `delta` has handed out
         self.high = high
@@ -133,7 +134,7 @@ class ShardState:
         # Changed entities -> `clock` at their last change, least recently changed first: `freeze_some` pickles
         # from the front between snapshots, so the epoch boundary, when the flow stands still, finds few left.
         self._dirty: dict[str, float] = dict.fromkeys((eid for eid in self.states if eid not in self._frozen), 0.0)
-        self._unsaved: set[str] = set()  # entities pickled again since the last `delta`
+        self._unsaved: dict[str, bytes | None] = {}  # entities pickled again since the last `delta` (None: gone)
         self.clock = 0.0  # stamp for the entities `apply` changes (the flow sets its wall clock; pure otherwise)
 
     def close_windows(self, force: bool = False) -> list[FeatureLogWindow]:
@@ -149,7 +150,7 @@ class ShardState:
             if end > limit:
                 break
             rows = [(eid, ts, values) for eid, (ts, values) in self.pending.pop(k).items()]
-            self._chunks.pop(k, None), self._sealed.pop(k, None), self._moved.pop(k, None), self._handed.pop(k, None)
+            self._chunks.pop(k, None), self._live.pop(k, None), self._moved.pop(k, None), self._handed.pop(k, None)
             out.append(FeatureLogWindow(self.entity, k * self.period_ms, end, rows))
         return out
 
@@ -204,6 +205,7 @@ class ShardState:
         rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
         for eid, ts, values in rows:
             self._log(eid, ts, values)
+        self.seal(SEAL_CHUNK)  # final entries pickled as they come, so few are left for the snapshot
         dirty, stamp = self._dirty, self.clock
         for eid in touched:  # to the back: recently changed entities are the likeliest to change again
             dirty.pop(eid, None)
@@ -220,7 +222,9 @@ class ShardState:
         window = self.pending.get(k)
         if window is None:
             window = self.pending[k] = {}
+            self._live[k] = {}
         window[eid] = (ts, values)
+        self._live[k][eid] = None
 
     def _seal(self, eid: str, k: int) -> None:
         """The entity leaves log window `k` for a later one: its entry there, if any, is final."""
@@ -231,20 +235,25 @@ class ShardState:
                 moved = self._moved[k] = []
             moved.append(eid)
 
+    @property
+    def dirty(self) -> int:
+        """How many entities changed since they were last pickled (what a snapshot now would pickle)."""
+        return len(self._dirty)
+
     def freeze_some(self, limit: int, changed_before: float = float("inf")) -> int:
         """Pickle up to `limit` of the least recently changed entities, last changed before `changed_before`
         (a `clock` value), ahead of the next snapshot; returns how many. An entity that changes again is
         pickled again (hot ones, changed all the time, are left to the snapshot); the snapshot is the same."""
-        dirty, frozen, states = self._dirty, self._frozen, self.states
+        dirty, frozen, states, unsaved = self._dirty, self._frozen, self.states, self._unsaved
         oldest = [eid for eid, stamp in takewhile(lambda kv: kv[1] < changed_before, islice(dirty.items(), limit))]
         for eid in oldest:
             del dirty[eid]
             state = states.get(eid)
             if state is None:
                 frozen.pop(eid, None)
+                unsaved[eid] = None
             else:
-                frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
-        self._unsaved.update(oldest)
+                unsaved[eid] = frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
         return len(oldest)
 
     def snapshot(self) -> bytes:
@@ -261,9 +270,7 @@ class ShardState:
             if len(chunks) > handed.get(k, 0):
                 fresh[k] = chunks[handed.get(k, 0):]
                 handed[k] = len(chunks)
-        frozen = self._frozen
-        entities = {eid: frozen.get(eid) for eid in self._unsaved}
-        self._unsaved = set()
+        entities, self._unsaved = self._unsaved, {}
         return StateDelta(entities, fresh, {k: (len(chunks), live) for k, (chunks, live) in windows.items()}, self.high)
 
     def everything(self) -> tuple[dict[str, bytes], dict[int, list[bytes]]]:
@@ -274,14 +281,28 @@ class ShardState:
         """Pickle the log entries made final since the last call; per open window, its chunks and the entities
         whose entries are still current (evaluated again on restore)."""
         windows = {}
-        for k, window in self.pending.items():
-            chunks, sealed = self._chunks.setdefault(k, []), self._sealed.setdefault(k, set())
-            moved = self._moved.pop(k, None)
+        for k in self.pending:
+            moved = self._moved.get(k)
             if moved:
-                chunks.append(pickle.dumps({eid: window[eid] for eid in moved}, protocol=pickle.HIGHEST_PROTOCOL))
-                sealed.update(moved)
-            windows[k] = (chunks, [eid for eid in window if eid not in sealed])
+                self._seal_moved(k, moved)
+            windows[k] = (self._chunks.setdefault(k, []), list(self._live[k]))
         return windows
+
+    def seal(self, at_least: int = 1) -> None:
+        """Pickle the final log entries of each window that has `at_least` of them not yet pickled."""
+        for k, moved in self._moved.items():
+            if len(moved) >= at_least:
+                self._seal_moved(k, moved)
+
+    def _seal_moved(self, k: int, moved: list[str]) -> None:
+        """Pickle the final entries of window `k` that `moved` names, as one chunk, and empty `moved`."""
+        window = self.pending[k]
+        self._chunks.setdefault(k, []).append(
+            pickle.dumps({eid: window[eid] for eid in moved}, protocol=pickle.HIGHEST_PROTOCOL))
+        live = self._live[k]
+        for eid in moved:
+            live.pop(eid, None)
+        moved.clear()
 
     @classmethod
     def restore(cls, entity: str, snapshot: bytes | None, **options: Any) -> ShardState:
@@ -306,13 +327,14 @@ class ShardState:
                 window: dict[str, tuple[int, dict[str, Any]]] = {}
                 for chunk in chunks:
                     window.update(pickle.loads(chunk))
-                state._chunks[k], state._sealed[k], state._handed[k] = list(chunks), set(window), len(chunks)
+                state._chunks[k], state._handed[k], state._live[k] = list(chunks), len(chunks), dict.fromkeys(live)
                 for eid in live:
                     entity_state = states[eid]
                     window[eid] = (entity_state.ts, entity_state.values(plan))
             else:  # each window whole (pickled, or a dict before that): its final entries are sealed at the next snapshot
                 window = pickle.loads(w) if isinstance(w, bytes) else w
                 state._moved[k] = [eid for eid in window if states[eid].ts // period > k]
+                state._live[k] = dict.fromkeys(window)
             state.pending[k] = window
         return state
 

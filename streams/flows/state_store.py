@@ -80,9 +80,12 @@ class SegmentStore:
         _, _, segments, windows, high = manifest
         frozen: dict[str, bytes] = {}
         chunks: dict[int, list[bytes]] = {}
-        for name, _ in segments:
+        for name, size in segments:
             try:
-                entities, parts = pickle.loads((self.dir / name).read_bytes())
+                data = (self.dir / name).read_bytes()
+                if len(data) != size:
+                    raise ValueError(f"{len(data)} bytes where the manifest says {size}")
+                entities, parts = pickle.loads(data)
             except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
                 raise RecoveryError(
                     f"state segment {self.dir / name} of shard {self.key} cannot be read ({exc}). Segments must stay "

@@ -90,13 +90,16 @@ def test_flow_writes_oracle_features_parquet_once_and_dead_letters(fresh_kafka, 
         wait_for(lambda: len(_event_log_rows(tmp_path)) >= len(decoded), 30, "event log")
         wait_for(lambda: len(glob.glob(str(tmp_path / "home" / "data" / "features" / "entity=*"))) == 2, 30,
                  "feature log")
-        # ... so an epoch has ended: each entity's shards were snapshotted, timed and their bytes counted
-        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-        snapshots = {(s.name, s.labels["entity"]): s.value for m in text_string_to_metric_families(text)
-                     for s in m.samples if s.name.startswith("streamml_features_snapshot_")}
-        for entity in ("user", "item"):
-            assert snapshots[("streamml_features_snapshot_seconds_count", entity)] > 0
-            assert snapshots[("streamml_features_snapshot_bytes_total", entity)] > 0
+        # An epoch ends: each entity's shards are snapshotted, timed and their bytes counted (the event log's
+        # flush at the same epoch may come first: it does not wait for the shards)
+        def snapshotted() -> bool:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            snapshots = {(s.name, s.labels["entity"]): s.value for m in text_string_to_metric_families(text)
+                         for s in m.samples if s.name.startswith("streamml_features_snapshot_")}
+            return all(snapshots.get((f"streamml_features_snapshot_{what}", entity), 0) > 0
+                       for entity in ("user", "item") for what in ("seconds_count", "bytes_total"))
+
+        wait_for(snapshotted, 30, "snapshots of both entities")
     finally:
         flow.send_signal(signal.SIGTERM)
         flow.wait(30)

@@ -87,13 +87,17 @@ def test_a_window_written_twice_merges_instead_of_losing_rows(tmp_path):
     assert len(list(tmp_path.rglob("*.parquet"))) == 1
 
 
+@pytest.mark.parametrize("seal_chunk", [3, 1024])  # final log entries pickled between batches, or at snapshots
 @pytest.mark.parametrize("seed", [5, 6, 7])
-def test_incremental_snapshots_restore_exactly_what_a_full_copy_would(seed):
+def test_incremental_snapshots_restore_exactly_what_a_full_copy_would(seed, seal_chunk, monkeypatch):
     """Snapshots re-pickle only changed entities, some of them ahead of time (`freeze_some`, as the flow does
     after each batch); restoring any of them (and snapshotting a restored state again) must give exactly
     the state a fresh full copy would."""
     import pickle
 
+    from streams.features import shard
+
+    monkeypatch.setattr(shard, "SEAL_CHUNK", seal_chunk)
     rnd = random.Random(seed)
     events = _events(seed, 800)
     state = ShardState("user", period_ms=PERIOD, lateness_ms=LATENESS)
