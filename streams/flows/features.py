@@ -46,7 +46,7 @@ from streams.sinks.parquet import EventLogSink
 from streams.sinks.redis import RedisFeatureSink
 
 # In the last second before a snapshot is due, entities changed are pickled without waiting to be quiet, paced
-# to be done EARLY_S before it (the first snapshot of an epoch came up to 0.28 s before the one before + epoch).
+# to be done EARLY_S before it (the first snapshot of an epoch came up to 0.4 s before the one before + epoch).
 PRE_EPOCH_S, EARLY_S = 1.0, 0.4
 
 

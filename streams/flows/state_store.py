@@ -87,10 +87,8 @@ class SegmentStore:
                     raise ValueError(f"{len(data)} bytes where the manifest says {size}")
                 entities, parts = pickle.loads(data)
             except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-                raise RecoveryError(
-                    f"state segment {self.dir / name} of shard {self.key} cannot be read ({exc}). Segments must stay "
-                    f"next to the recovery store that names them; to start over, delete {self.root.parent} (the "
-                    "flow then rebuilds its state from the topics' retained events).") from exc
+                raise self._lost(f"state segment {self.dir / name} of shard {self.key} cannot be read ({exc}). "
+                                 "Segments must stay next to the recovery store that names them") from exc
             for eid, data in entities.items():
                 if data is None:
                     frozen.pop(eid, None)
@@ -98,10 +96,20 @@ class SegmentStore:
                     frozen[eid] = data
             for k, more in parts.items():
                 chunks.setdefault(k, []).extend(more)
+        opened = {}
+        for k, (n, live) in windows.items():
+            got = chunks.get(k, [])
+            if len(got) < n:
+                raise self._lost(f"the state segments of shard {self.key} hold {len(got)} log chunks of window {k}, "
+                                 f"the manifest names {n}")
+            opened[k] = got[len(got) - n:], live  # its latest: a window closed and opened again left older ones
         self.segments = [tuple(s) for s in segments]
         self.clean()
-        # a window's chunks are its latest ones: a window closed and opened again left older ones behind
-        return frozen, {k: (chunks.get(k, [])[len(chunks.get(k, [])) - n:], live) for k, (n, live) in windows.items()}, high
+        return frozen, opened, high
+
+    def _lost(self, what: str) -> RecoveryError:
+        return RecoveryError(f"{what}. To start over, delete {self.root.parent} (the flow then rebuilds its state "
+                             "from the topics' retained events).")
 
     def clean(self) -> None:
         """Delete the files of this shard that the current manifest does not name (all, before a first save)."""
@@ -113,4 +121,5 @@ class SegmentStore:
 
 
 def is_manifest(snapshot: Any) -> bool:
+    """Whether a resumed Bytewax snapshot is a manifest (`save`) rather than a whole shard state."""
     return isinstance(snapshot, tuple) and len(snapshot) == 5 and snapshot[0] == MANIFEST

@@ -62,6 +62,10 @@ def test_files_no_manifest_names_are_deleted_and_a_missing_one_is_a_clear_error(
     (store.dir / "000000007-deadbeef.seg").write_bytes(b"left by a run that died before committing")
     SegmentStore(tmp_path, "item:0").load(manifest)
     assert sorted(p.name for p in store.dir.iterdir()) == [name for name, _ in store.segments]
+    k, (n, live) = next(iter(manifest[3].items()))
+    short = (*manifest[:3], {**manifest[3], k: (n + 1, live)}, manifest[4])  # names a chunk no segment holds
+    with pytest.raises(RecoveryError, match=f"hold {n} log chunks of window {k}, the manifest names {n + 1}"):
+        SegmentStore(tmp_path, "item:0").load(short)
     path = store.dir / store.segments[0][0]
     path.write_bytes(path.read_bytes()[:-10])  # cut short: the manifest's size tells, before unpickling
     with pytest.raises(RecoveryError, match="bytes where the manifest says"):
