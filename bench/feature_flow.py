@@ -2,9 +2,11 @@
 
 Starts its own Tansu, Redis and registry on free ports, pre-produces N events over U users, then
 measures (1) the ceiling: one confluent-kafka consumer + fastavro decode loop over all events,
-(2) the flow: time until Redis reflects every event, (3) freshness at a fixed rate, from the
-producer's timestamp to the Redis write, (4) the flow again with 2 processes, and (5) freshness at the
-same fixed rate into a new flow on a new, empty broker (no inherited state, no held records).
+(1b) the flow's stateless part: its own source, routing and event log in Bytewax, with no feature state and
+no Redis (what a faster state engine could approach), (2) the flow: time until Redis reflects every event,
+(3) freshness at a fixed rate, from the producer's timestamp to the Redis write, (4) the flow again with
+2 processes, and (5) freshness at the same fixed rate into a new flow on a new, empty broker (no inherited
+state, no held records).
 Prints one JSON object.
 """
 
@@ -96,6 +98,69 @@ def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int, bulk
     elapsed = time.monotonic() - started
     consumer.close()
     return total / elapsed
+
+
+def stateless_child(bootstrap: str, registry_url: str, total: int, home: str) -> None:
+    """Run the flow's source, routing and event log (its own parts) with no feature state and no Redis; print the
+    rate from the first routed batch until `total` events went through, then exit (the source never ends)."""
+    from datetime import timedelta
+
+    import bytewax.operators as op
+    from bytewax._bytewax import cli_main
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+    from streams.features.shard import WINDOWED_TOPICS, route
+    from streams.flows.source import EventSource, SourceConfig
+    from streams.settings import FeatureFlowSettings
+    from streams.sinks.parquet import EventLogSink
+
+    settings = FeatureFlowSettings()  # the flow's defaults: shards, lateness, batch size, epoch
+    seen = {"n": 0, "first": 0.0}
+
+    class Count(StatelessSinkPartition):
+        def write_batch(self, items: list[int]) -> None:
+            seen["first"] = seen["first"] or time.monotonic()
+            seen["n"] += sum(items)
+            if seen["n"] >= total:
+                print(json.dumps({"eps": total / (time.monotonic() - seen["first"])}), flush=True)
+                os._exit(0)
+
+    class Counter(DynamicSink):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Count:
+            return Count()
+
+    flow = Dataflow("stateless")
+    source = SourceConfig({"bootstrap.servers": bootstrap}, registry_url, (CLICKSTREAM,), WINDOWED_TOPICS,
+                          int(settings.features_lateness_s * 1000), group_id="bench-stateless",
+                          batch_size=settings.features_batch_size)
+    batches = op.input("kafka", flow, EventSource(source))
+    keyed = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
+    parts = [f"{CLICKSTREAM.name}:{p}" for p in source_partitions(bootstrap)]
+    op.output("event_log", keyed, EventLogSink(Path(home) / "events", {CLICKSTREAM.name: CLICKSTREAM}, parts))
+    routed = op.flat_map("route", batches, lambda b: route(b.topic, b.events, b.max_kafka_ts, settings.features_shards,
+                                                            b.partition, b.high))
+    counted = op.map("count", routed, lambda kv: len(kv[1].rows) if kv[1].entity == "user" else 0)
+    op.output("counter", counted, Counter())
+    cli_main(flow, epoch_interval=timedelta(seconds=settings.features_epoch_s))
+
+
+def source_partitions(bootstrap: str) -> list[int]:
+    """The clickstream topic's partition ids, from the broker's metadata."""
+    from confluent_kafka.admin import AdminClient
+
+    return sorted(AdminClient({"bootstrap.servers": bootstrap}).list_topics(CLICKSTREAM.name, 10)
+                  .topics[CLICKSTREAM.name].partitions)
+
+
+def stateless(servers: Servers, total: int, home: Path) -> float:
+    """Events/s of `stateless_child` over the pre-produced events, in a process of its own, as the flow runs."""
+    done = subprocess.run([sys.executable, __file__, "--stateless-child", servers.bootstrap, servers.registry_url,
+                           str(total), str(home)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the stateless flow printed no rate: {done.stderr[-2000:]}")
+    return json.loads(lines[-1])["eps"]
 
 
 @dataclass
@@ -291,6 +356,10 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--stateless-child"]:
+        bootstrap, registry_url, total, home = sys.argv[2:6]
+        stateless_child(bootstrap, registry_url, int(total), home)
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--users", type=int, default=100_000)
@@ -300,6 +369,7 @@ def main() -> None:
     parser.add_argument("--fresh-seconds", type=float, default=20)
     parser.add_argument("--light-rate", type=float, default=2_000, help="second freshness phase, below capacity")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-stateless", action="store_true", help="skip the flow's stateless part (1b)")
     parser.add_argument("--skip-new-broker", action="store_true", help="skip the fixed-rate phase into a new flow on a new broker")
     args = parser.parse_args()
 
@@ -313,6 +383,9 @@ def main() -> None:
         serde, rnd, records, last_ts, result["produce_s"] = preproduce(bootstrap, registry_url, args)
 
         result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.events, args.partitions))
+        if not args.skip_stateless:
+            result["stateless_eps"] = round(stateless(servers, args.events, work / "stateless"))
+            result["stateless_ratio"] = round(result["stateless_eps"] / result["ceiling_eps"], 3)
 
         metrics_port = free_port()
         env = flow_env(work / "home1", bootstrap, registry_url, servers.redis_url(1), metrics_port)

@@ -12,8 +12,10 @@ before Bytewax starts closes that hole.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -25,12 +27,26 @@ log = get_logger(__name__)
 
 def open_store(path: Path, partitions: int) -> RecoveryConfig:
     """The recovery store at `path` (created with `partitions` on first start), cleaned of what a
-    crashed run wrote past the epoch the next run resumes from."""
-    if not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, partitions)
-    discard_uncommitted(path)
+    crashed run wrote past the epoch the next run resumes from. Processes of one flow sharing `path`
+    take turns: started together on a new store, one would read the partitions another was still
+    creating (a crash with "no such table" or "database is locked", every time when tried)."""
+    path.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path / ".open.lock"):
+        if not any(path.glob("part-*.sqlite3")):
+            init_db_dir(path, partitions)
+        discard_uncommitted(path)
     return RecoveryConfig(str(path))
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `lock` (created if missing) among processes of this machine."""
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resume_epoch(parts: list[Path]) -> int | None:

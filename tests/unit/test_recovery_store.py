@@ -6,6 +6,7 @@ frontier passed it leaves exactly an `exs` row and `snaps` rows at that epoch, w
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 from contextlib import closing
 from datetime import timedelta
@@ -109,3 +110,25 @@ def test_a_store_missing_partitions_is_left_alone(tmp_path):
     _parts(store)[-1].unlink()  # on another machine
     assert discard_uncommitted(store) == 0
     assert _query(_parts(store)[0], "SELECT COUNT(*) FROM snaps WHERE snap_epoch >= ?", epoch) == [(1,)]
+
+
+def _open_together(store: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    open_store(Path(store), 4)
+
+
+def test_processes_opening_a_new_store_together_all_start(tmp_path):
+    """The processes of a multi-process flow open one new store at once; each used to find partitions another
+    was still creating and crash (no such table, or a Bytewax panic on a locked database), 10 rounds in 10."""
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        store = tmp_path / f"recovery{round_}"
+        start = fork.Barrier(3)
+        procs = [fork.Process(target=_open_together, args=(str(store), start)) for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0, 0, 0]
+        assert [_query(part, "SELECT part_index, part_count FROM parts") for part in _parts(store)] == \
+            [[(i, 4)] for i in range(4)]
