@@ -100,7 +100,7 @@ def ceiling(bootstrap: str, serde: TopicSerde, total: int, partitions: int, bulk
     return total / elapsed
 
 
-def stateless_child(bootstrap: str, registry_url: str, total: int, home: str) -> None:
+def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: int, home: str) -> None:
     """Run the flow's source, routing and event log (its own parts) with no feature state and no Redis; print the
     rate from the first routed batch until `total` events went through, then exit (the source never ends)."""
     from datetime import timedelta
@@ -136,7 +136,7 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, home: str) ->
                           batch_size=settings.features_batch_size)
     batches = op.input("kafka", flow, EventSource(source))
     keyed = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
-    parts = [f"{CLICKSTREAM.name}:{p}" for p in source_partitions(bootstrap)]
+    parts = [f"{CLICKSTREAM.name}:{p}" for p in range(partitions)]
     op.output("event_log", keyed, EventLogSink(Path(home) / "events", {CLICKSTREAM.name: CLICKSTREAM}, parts))
     routed = op.flat_map("route", batches, lambda b: route(b.topic, b.events, b.max_kafka_ts, settings.features_shards,
                                                             b.partition, b.high))
@@ -145,18 +145,10 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, home: str) ->
     cli_main(flow, epoch_interval=timedelta(seconds=settings.features_epoch_s))
 
 
-def source_partitions(bootstrap: str) -> list[int]:
-    """The clickstream topic's partition ids, from the broker's metadata."""
-    from confluent_kafka.admin import AdminClient
-
-    return sorted(AdminClient({"bootstrap.servers": bootstrap}).list_topics(CLICKSTREAM.name, 10)
-                  .topics[CLICKSTREAM.name].partitions)
-
-
-def stateless(servers: Servers, total: int, home: Path) -> float:
+def stateless(servers: Servers, total: int, partitions: int, home: Path) -> float:
     """Events/s of `stateless_child` over the pre-produced events, in a process of its own, as the flow runs."""
     done = subprocess.run([sys.executable, __file__, "--stateless-child", servers.bootstrap, servers.registry_url,
-                           str(total), str(home)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           str(total), str(partitions), str(home)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"the stateless flow printed no rate: {done.stderr[-2000:]}")
@@ -357,8 +349,8 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--stateless-child"]:
-        bootstrap, registry_url, total, home = sys.argv[2:6]
-        stateless_child(bootstrap, registry_url, int(total), home)
+        bootstrap, registry_url, total, partitions, home = sys.argv[2:7]
+        stateless_child(bootstrap, registry_url, int(total), int(partitions), home)
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=300_000)
@@ -384,7 +376,7 @@ def main() -> None:
 
         result["ceiling_eps"] = round(ceiling(bootstrap, serde, args.events, args.partitions))
         if not args.skip_stateless:
-            result["stateless_eps"] = round(stateless(servers, args.events, work / "stateless"))
+            result["stateless_eps"] = round(stateless(servers, args.events, args.partitions, work / "stateless"))
             result["stateless_ratio"] = round(result["stateless_eps"] / result["ceiling_eps"], 3)
 
         metrics_port = free_port()
