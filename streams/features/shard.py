@@ -1,7 +1,8 @@
 """Feature state for one shard of one entity: apply a micro-batch of events, emit changed values.
 
 Bytewax keys its state by shard (`user:7`), not by entity id, so its per-key overhead is paid per
-batch; inside, a plain dict holds one `EntityState` per id. Pure: no I/O.
+batch; inside, a plain dict holds one entity state per id (the plan's engine: `EntityState`, or its compiled
+twin, which also runs this module's two per-event loops). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import ENTITIES
-from streams.features.state import EntityPlan, EntityState
+from streams.features.state import EntityPlan, EntityState, native_state
 from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
@@ -71,6 +72,12 @@ def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: i
         if field_name is None:
             continue
         prefix = f"{entity.name}:"
+        if PLANS[entity.name].native is not None:  # the loop below, compiled
+            for k, rows in native_state.group_by_shard(records, field_name, cdc, shards):
+                key = prefix + str(k)
+                out[key] = ShardInput(entity.name, topic, rows, shard=key, max_kafka_ts=max_kafka_ts,
+                                      partition=partition, high=high)
+            continue
         for _, record in records:
             if cdc:
                 row = record.get("after") or record.get("before") or {}
@@ -106,9 +113,9 @@ class ShardState:
     def __init__(self, entity: str, states: dict[str, EntityState] | None = None, *, period_ms: int = 60_000,
                  lateness_ms: int = 300_000, pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] | None = None,
                  high: int = 0, frozen: dict[str, bytes] | None = None, mark_ttl_s: float = 30.0,
-                 sources: frozenset[tuple[str, int]] = frozenset()):
+                 sources: frozenset[tuple[str, int]] = frozenset(), plan: EntityPlan | None = None):
         self.entity = entity
-        self.plan = PLANS[entity]
+        self.plan = plan or PLANS[entity]  # another plan: the other engine's, in tests
         self.states: dict[str, EntityState] = states if states is not None else {}
         self.period_ms, self.lateness_ms = period_ms, lateness_ms
         self.pending: dict[int, dict[str, tuple[int, dict[str, Any]]]] = pending if pending is not None else {}
@@ -185,6 +192,9 @@ class ShardState:
                     if state.ts // period > before:
                         self._seal(eid, before)
                     touched[eid] = state
+            elif plan.native is not None:  # the loop below, compiled
+                native_state.fold_events(plan.native, states, part.rows, period, touched, self.pending, self._moved,
+                                         self._log)
             else:
                 for eid, record in part.rows:
                     state = states.get(eid)
@@ -202,7 +212,10 @@ class ShardState:
                         self._seal(eid, before)
                     state.apply_event(plan, record, ts)
                     touched[eid] = state
-        rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
+        if plan.native is not None:
+            rows = native_state.evaluate(touched)
+        else:
+            rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
         for eid, ts, values in rows:
             self._log(eid, ts, values)
         self.seal(SEAL_CHUNK)  # final entries pickled as they come, so few are left for the snapshot
@@ -253,7 +266,7 @@ class ShardState:
                 frozen.pop(eid, None)
                 unsaved[eid] = None
             else:
-                unsaved[eid] = frozen[eid] = pickle.dumps(state.dump(), protocol=pickle.HIGHEST_PROTOCOL)
+                unsaved[eid] = frozen[eid] = state.freeze()
         return len(oldest)
 
     def snapshot(self) -> bytes:
@@ -315,11 +328,11 @@ class ShardState:
     def from_parts(cls, entity: str, frozen: dict[str, Any], windows: dict[int, Any], high: int,
                    **options: Any) -> ShardState:
         """A state from pickled entities and open windows as `snapshot` lays them out (or earlier layouts)."""
+        thaw = (options.get("plan") or PLANS[entity]).thaw
         if frozen and not isinstance(next(iter(frozen.values())), bytes):  # written before per-entity bytes
-            state = cls(entity, {eid: EntityState.load(d) for eid, d in frozen.items()}, high=high, **options)
+            state = cls(entity, {eid: thaw(d) for eid, d in frozen.items()}, high=high, **options)
         else:
-            state = cls(entity, {eid: EntityState.load(pickle.loads(b)) for eid, b in frozen.items()}, high=high,
-                        frozen=frozen, **options)
+            state = cls(entity, {eid: thaw(b) for eid, b in frozen.items()}, high=high, frozen=frozen, **options)
         plan, states, period = state.plan, state.states, state.period_ms
         for k, w in windows.items():
             if isinstance(w, tuple):  # (final entries in chunks, entities whose entries are their present values)

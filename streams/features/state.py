@@ -1,20 +1,43 @@
 """Per-entity feature state compiled from the declarative list: apply events, evaluate values.
 
 The same code runs in the live Bytewax flow, in replay and in the oracle-checked tests, so every
-path computes identical numbers. Pure: events are dicts, times are epoch ms.
+path computes identical numbers. Pure: events are dicts, times are epoch ms. `EntityState` here is the
+reference; the flow runs its compiled twin (native_state.pyx, 2x faster), held to it bit for bit by tests.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from schemas.errors import ConfigError, RecoveryError
 from streams.features.definitions import DAY_MS, FEATURES, Agg, Entity, FeatureDefinition, Window
 from streams.windows.tiles import DistinctWindow, TileWindow
 
+try:  # the same state compiled to C++ (streams/features/native_state.pyx), built by `pip install`
+    from streams.features import native_state
+except ImportError:  # no C++ compiler at install time: the reference below does the work
+    native_state = None
+
 SESSION_RETENTION_MS = DAY_MS
+ENGINES = ("auto", "native", "python")
+
+
+def engine_from_env() -> str:
+    """The engine `STREAMML_FEATURES_ENGINE` asks for: `auto` (default) is the native one when it was built."""
+    name = os.environ.get("STREAMML_FEATURES_ENGINE", "auto").strip().lower() or "auto"
+    if name not in ENGINES:
+        raise ConfigError(f"STREAMML_FEATURES_ENGINE={name!r}: use one of {', '.join(ENGINES)}")
+    if name == "native" and native_state is None:
+        raise ConfigError("STREAMML_FEATURES_ENGINE=native but streams/features/native_state.pyx was not built: "
+                          "install a C++ compiler (apt-get install g++) and run `pip install -e .` again")
+    if name == "auto":
+        return "native" if native_state is not None else "python"
+    return name
 
 
 @dataclass(frozen=True)
@@ -30,7 +53,7 @@ class _Column:
 class EntityPlan:
     """The features of one entity, compiled into window slots and accumulator columns."""
 
-    def __init__(self, entity: Entity, features: tuple[FeatureDefinition, ...] = FEATURES):
+    def __init__(self, entity: Entity, features: tuple[FeatureDefinition, ...] = FEATURES, engine: str | None = None):
         self.entity = entity
         self.features = tuple(f for f in features if f.entity == entity)
         self.windows: list[Window] = []
@@ -67,6 +90,8 @@ class EntityPlan:
         self.columns_by_type: dict[Any, list[_Column]] = {}
         self.windowed_sources = {f.source.name for f in self.features if f.window is not None or
                                  f.aggregation in (Agg.SESSION_COUNT, Agg.MAX)}
+        self.engine = engine or engine_from_env()
+        self.native = native_state.NativePlan(self, NOT_NULL, DAY_MS) if self.engine == "native" else None
 
     def _slot(self, window: Window | None, widths: list[int]) -> int:
         assert window is not None
@@ -187,7 +212,29 @@ class EntityPlan:
         return cols
 
     def new_state(self) -> EntityState:
-        return EntityState(self)
+        """An empty entity state of this plan's engine (both have the same methods)."""
+        return self.native.new_state() if self.native is not None else EntityState(self)
+
+    @cached_property
+    def _native_reader(self) -> Any:
+        return native_state.NativePlan(self, NOT_NULL, DAY_MS)
+
+    def thaw(self, data: bytes | tuple) -> EntityState:
+        """A state from either engine's `freeze()` bytes, or a `dump()` tuple (snapshots before `freeze`)."""
+        native = isinstance(data, bytes) and data[:1] == b"N"
+        if native and native_state is None:
+            raise RecoveryError("this recovery store holds feature state of the native engine, which this install "
+                                "lacks: install a C++ compiler (apt-get install g++) and run `pip install -e .` "
+                                "again, or start over from the topics with an empty STREAMML_HOME/recovery")
+        try:
+            if self.native is not None:
+                return self.native.thaw(data if native or isinstance(data, tuple) else pickle.loads(data))
+            if native:  # written by the native engine, read by the reference one
+                return EntityState.load(self._native_reader.thaw(data).dump())
+            return EntityState.load(data if isinstance(data, tuple) else pickle.loads(data))
+        except (ValueError, TypeError, pickle.UnpicklingError, EOFError) as exc:
+            raise RecoveryError(f"a {self.entity.name} state in the recovery store is damaged ({exc}): start over "
+                                "from the topics with an empty STREAMML_HOME/recovery") from exc
 
 
 class _NotNull:
@@ -250,6 +297,10 @@ class EntityState:
     def dump(self) -> tuple:
         """Plain-builtins form for snapshots (pickled by C code, no per-object hooks)."""
         return (self.t, self.cdc_ts, self.rows, self.seen, self.sessions, self.session, self.attrs)
+
+    def freeze(self) -> bytes:
+        """The state as bytes for snapshots (`EntityPlan.thaw` reads them back)."""
+        return pickle.dumps(self.dump(), protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def load(cls, data: tuple) -> EntityState:

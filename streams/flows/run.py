@@ -8,6 +8,9 @@ from types import FrameType
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
 
+from streams.features.definitions import ENTITIES
+from streams.features.shard import PLANS
+from streams.features.state import native_state
 from streams.flows.features import FlowConfig, build_flow, epoch
 from streams.flows.recovery import open_store
 from streams.runtime.lifecycle import serve_metrics, tune_gc
@@ -38,7 +41,12 @@ def main() -> None:
     port = serve_metrics(settings.features_metrics_port, settings.metrics_host)
     signal.signal(signal.SIGTERM, _stop)
     addresses = settings.features_addresses.split(";") if settings.features_addresses else None
-    log.info("feature flow starting", metrics_port=port, settings=settings.redacted())
+    engine = PLANS[ENTITIES[0].name].engine
+    log.info("feature flow starting", metrics_port=port, engine=engine, settings=settings.redacted())
+    if engine != "native":
+        log.warning("feature state runs on the pure-Python engine, about half as fast: "
+                    + ("as STREAMML_FEATURES_ENGINE asks" if native_state is not None else
+                       "the native one was not built (apt-get install g++, then pip install -e . again)"))
     flow = build_flow(FlowConfig.from_settings(settings))
     tune_gc(settings.features_gc_thresholds)  # the flow's state is millions of small containers
     try:

@@ -1,4 +1,5 @@
-"""EntityState (the code the flow runs) equals the brute-force oracle on generated events."""
+"""Entity state equals the brute-force oracle on generated events, in both engines (the compiled one the flow
+runs by default and the pure-Python reference); the reference's compiled appliers equal its interpreted plan."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from hypothesis import strategies as st
 
 from schemas.topics import CDC_USERS, CLICKSTREAM
 from streams.features.definitions import ENTITIES, ITEM, USER, features_of
-from streams.features.state import NOT_NULL, EntityPlan, EntityState
+from streams.features.state import NOT_NULL, EntityPlan, EntityState, native_state
 from tests.oracle import expected_features
 
-PLANS = {e.name: EntityPlan(e) for e in ENTITIES}
+PLANS = {e.name: EntityPlan(e, engine="python") for e in ENTITIES}  # the reference
+ENGINES = ["python"] + (["native"] if native_state is not None else [])
+ENGINE_PLANS = {engine: {e.name: EntityPlan(e, engine=engine) for e in ENTITIES} for engine in ENGINES}
 T0 = 1_700_000_000_000
 
 
@@ -25,14 +28,14 @@ def _event(rnd: random.Random, ts: int, user: str) -> dict:
             "session_id": f"s{ts // 1_800_000}"}
 
 
-def _fold(accepted):
+def _fold(accepted, plans=PLANS):
     states: dict[tuple[str, str], object] = {}
     for topic, event in accepted:
         for entity in ENTITIES:
             field = entity.id_field(topic)
             if field is None:
                 continue
-            plan = PLANS[entity.name]
+            plan = plans[entity.name]
             if topic == CLICKSTREAM.name:
                 key = event.get(field)
                 if key is None:
@@ -43,7 +46,7 @@ def _fold(accepted):
                 row = event["after"] or event["before"]
                 state = states.setdefault((entity.name, row[field]), plan.new_state())
                 state.apply_change(plan, topic, event["op"], event["after"], event["ts_ms"])
-    return {k: {**s.values(PLANS[k[0]]), "_ts": s.ts} for k, s in states.items()}
+    return {k: {**s.values(plans[k[0]]), "_ts": s.ts} for k, s in states.items()}
 
 
 def _assert_same(got: dict, want: dict) -> None:
@@ -54,35 +57,40 @@ def _assert_same(got: dict, want: dict) -> None:
             assert got[key][name] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, name)
 
 
-@given(st.integers(0, 2**32), st.integers(1, 300), st.integers(0, 3_600_000))
+@pytest.mark.parametrize("engine", ENGINES)
+@given(seed=st.integers(0, 2**32), n=st.integers(1, 300), jitter=st.integers(0, 3_600_000))
 @settings(max_examples=60, deadline=None)
-def test_user_and_item_features_equal_the_oracle_for_out_of_order_streams(seed, n, jitter):
+def test_user_and_item_features_equal_the_oracle_for_out_of_order_streams(engine, seed, n, jitter):
     rnd = random.Random(seed)
     accepted = []
     for i in range(n):
         ts = T0 + i * rnd.randint(0, 120_000) - rnd.randint(0, jitter)
         accepted.append((CLICKSTREAM.name, _event(rnd, ts, f"u{rnd.randint(0, 3)}")))
-    _assert_same(_fold(accepted), expected_features(accepted))
+    _assert_same(_fold(accepted, ENGINE_PLANS[engine]), expected_features(accepted))
 
 
-def test_cdc_sets_attributes_delete_removes_them_and_age_uses_latest_event_time():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cdc_sets_attributes_delete_removes_them_and_age_uses_latest_event_time(engine):
+    plans = ENGINE_PLANS[engine]
     signup = T0 - 10 * 86_400_000 - 5
     create = {"op": "c", "before": None, "after": {"user_id": "u1", "tier": "plus", "country": "DE",
               "signup_ts": signup, "marketing_opt_in": True}, "ts_ms": T0}
     click = {"event_type": "click", "user_id": "u1", "item_id": "i1", "price": None, "ts": T0 + 86_400_000,
              "session_id": "s"}
-    values = _fold([(CDC_USERS.name, create), (CLICKSTREAM.name, click)])[("user", "u1")]
+    values = _fold([(CDC_USERS.name, create), (CLICKSTREAM.name, click)], plans)[("user", "u1")]
     assert (values["tier"], values["country"], values["account_age_days"]) == ("plus", "DE", 11)
     delete = {"op": "d", "before": create["after"], "after": None, "ts_ms": T0 + 1}
-    values = _fold([(CDC_USERS.name, create), (CLICKSTREAM.name, click), (CDC_USERS.name, delete)])[("user", "u1")]
+    values = _fold([(CDC_USERS.name, create), (CLICKSTREAM.name, click), (CDC_USERS.name, delete)], plans)[("user", "u1")]
     assert "tier" not in values and "account_age_days" not in values and values["clicks_5m"] == 1
 
 
-def test_ctr_is_clicks_over_views_and_zero_without_views():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ctr_is_clicks_over_views_and_zero_without_views(engine):
+    plans = ENGINE_PLANS[engine]
     events = [{"event_type": t, "user_id": "u", "item_id": "i", "price": None, "ts": T0 + k, "session_id": "s"}
               for k, t in enumerate(["page_view", "page_view", "page_view", "page_view", "click"])]
-    assert _fold([(CLICKSTREAM.name, e) for e in events])[("item", "i")]["ctr_1h"] == 0.25
-    only_click = _fold([(CLICKSTREAM.name, events[-1])])[("item", "i")]
+    assert _fold([(CLICKSTREAM.name, e) for e in events], plans)[("item", "i")]["ctr_1h"] == 0.25
+    only_click = _fold([(CLICKSTREAM.name, events[-1])], plans)[("item", "i")]
     assert only_click["ctr_1h"] == 0.0
 
 

@@ -1,0 +1,658 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+# distutils: language = c++
+"""Entity feature state compiled to C++: the same plan, numbers and snapshots as `state.EntityState`.
+
+`EntityState` (pure Python) stays the reference: tests/unit/test_native_state.py checks this engine leaves the
+same state (`dump()`, bit for bit) and values after every event. Tile rows live in C++ vectors in insertion
+order, so window sums add the same floats in the same order as the reference's dicts; distinct sets and
+sessions stay Python dicts (their keys are whatever the events carry). `freeze()` packs a state into bytes
+without pickle: it runs for every entity a micro-batch changed.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint32_t
+from libc.string cimport memcpy
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+import pickle
+
+cdef enum:
+    MAGIC = 0x4E  # first byte of a frozen native state ("N"); a pickle starts with 0x80
+    VERSION = 1
+    MAX_WINDOWS = 32
+    MAX_COLUMNS = 256
+
+cdef enum Kind:
+    COL = 0
+    MEAN = 1
+    DISTINCT = 2
+    SESSION = 3
+    MAX = 4
+    ATTRIBUTE = 5
+    AGE_DAYS = 6
+    RATIO = 7
+
+
+cdef class NativePlan:
+    """An `EntityPlan` laid out for C: windows, columns grouped by event type, outputs in order."""
+
+    cdef readonly object source  # the EntityPlan
+    cdef int nwin
+    cdef vector[int64_t] tile_ms, tiles
+    cdef vector[int] width, base  # accumulators per tile; where each window's totals start in one flat array
+    cdef vector[int] col_slot, col_col
+    cdef list col_tests  # per column: ((field, expected, must-be-not-null), ...)
+    cdef list col_value  # per column: value field, or None to count
+    cdef dict type_group  # event_type value -> index into groups (0: every other type)
+    cdef vector[vector[int]] groups
+    cdef int ndist
+    cdef vector[int64_t] d_tile_ms, d_tiles
+    cdef list d_field
+    cdef object session_field
+    cdef int nout
+    cdef vector[int] out_kind, out_a, out_b, out_c  # per output, see `__init__`
+    cdef tuple out_name, out_arg
+    cdef bint has_ratio
+    cdef dict attribute_fields
+    cdef int64_t day_ms
+
+    def __init__(self, plan, not_null, int64_t day_ms):
+        self.source = plan
+        self.day_ms = day_ms
+        self.nwin = len(plan.tile_windows)
+        if self.nwin > MAX_WINDOWS:
+            raise ValueError(f"the native engine takes at most {MAX_WINDOWS} windows per entity, not {self.nwin}")
+        cdef int total = 0
+        for w in plan.tile_windows:
+            self.tile_ms.push_back(w.tile_ms)
+            self.tiles.push_back(w.tiles)
+            self.width.push_back(w.width)
+            self.base.push_back(total)
+            total += w.width
+        if total > MAX_COLUMNS:
+            raise ValueError(f"the native engine takes at most {MAX_COLUMNS} window columns per entity, not {total}")
+        self.col_tests, self.col_value = [], []
+        for c in plan.columns:
+            self.col_slot.push_back(c.slot)
+            self.col_col.push_back(c.col)
+            self.col_tests.append(tuple((name, expected, expected is not_null) for name, expected in c.where))
+            self.col_value.append(c.value_field)
+        # The reference compiles one applier per event type a filter names, plus one for all others:
+        # the same column subsets, in plan order.
+        types = list(dict.fromkeys(v for c in plan.columns for k, v in c.where if k == "event_type"))
+        self.type_group = {}
+        self.groups.push_back(self._indices(plan, [c for c in plan.columns if dict(c.where).get("event_type") is None]))
+        for t in types:
+            self.type_group[t] = self.groups.size()
+            self.groups.push_back(self._indices(plan, plan.columns_for(t)))
+        self.ndist = len(plan.distinct_windows)
+        self.d_field = []
+        for (f, _), w in zip(plan.distinct, plan.distinct_windows):
+            self.d_tile_ms.push_back(w.tile_ms)
+            self.d_tiles.push_back(w.tiles)
+            self.d_field.append(f.value_field)
+        self.session_field = plan.session_field
+        self.attribute_fields = {topic: list(fields) for topic, fields in plan.attribute_fields.items()}
+        # Outputs in the reference's order: (kind, a, b, c, arg). a, b, c: COL: slot, column, int dtype;
+        # MEAN: slot, sum column, count column (arg: default); DISTINCT: a = which set; ATTRIBUTE and
+        # AGE_DAYS: arg = the field; RATIO: arg = (numerator, denominator), evaluated after all others.
+        names, args = [], []
+        self.has_ratio = False
+        for f, how in plan.outputs:
+            kind, a, b, c, arg = how[0], 0, 0, 0, None
+            if kind == "col":
+                code, a, b, c = COL, how[1], how[2], f.dtype == "int"
+            elif kind == "mean":
+                code, a, b, c, arg = MEAN, how[1], how[2], how[3], f.default
+            elif kind == "distinct":
+                code, a = DISTINCT, how[1]
+            elif kind == "session_count":
+                code = SESSION
+            elif kind == "max":
+                code = MAX
+            elif kind in ("attribute", "age_days"):
+                code, arg = (ATTRIBUTE if kind == "attribute" else AGE_DAYS), f.value_field
+            elif kind == "ratio":
+                code, arg = RATIO, tuple(f.inputs)
+                self.has_ratio = True
+            else:
+                raise ValueError(f"the native engine has no {kind!r} aggregation; run the Python one "
+                                 f"(STREAMML_FEATURES_ENGINE=python) or add it to native_state.pyx")
+            if code in (COL, MEAN):
+                a = self.base[a]  # the window's first column in the flat totals
+            self.out_kind.push_back(code)
+            self.out_a.push_back(a)
+            self.out_b.push_back(b)
+            self.out_c.push_back(c)
+            names.append(f.name)
+            args.append(arg)
+        self.nout, self.out_name, self.out_arg = len(names), tuple(names), tuple(args)
+
+    @staticmethod
+    def _indices(plan, columns) -> list:
+        return [plan.columns.index(c) for c in columns]
+
+    def new_state(self) -> NativeState:
+        return NativeState(self)
+
+    def thaw(self, data) -> NativeState:
+        """A state from `NativeState.freeze()` bytes, or from the reference's `dump()` tuple (earlier snapshots)."""
+        cdef NativeState state = NativeState(self)
+        if isinstance(data, tuple):
+            state._load_tuple(data)
+        else:
+            state._unpack(data)
+        return state
+
+
+cdef inline int64_t _tile(int64_t ts, int64_t tile_ms):
+    return ts // tile_ms  # Cython keeps Python's floor division for C integers (cdivision off)
+
+
+@cython.no_gc  # holds no object that could lead back to it: the cyclic GC need never walk millions of these
+cdef class NativeState:
+    """Everything needed to compute one entity's features (see `state.EntityState`, whose fields these mirror)."""
+
+    cdef NativePlan plan
+    cdef public int64_t t, cdc_ts
+    cdef vector[vector[int64_t]] idx  # per window: tile indexes, in insertion order
+    cdef vector[vector[double]] vals  # per window: `width` accumulators per tile, same order
+    # Per window, the sums of its first `summed` tiles, added in order: the reference adds every tile at every
+    # evaluation, the same floats in the same order, so the sums of tiles no event changed since are reused and
+    # only the newer ones added (a tile that leaves the window, or an event in a summed tile, starts them over).
+    cdef vector[vector[double]] sums
+    cdef vector[Py_ssize_t] summed
+    cdef list seen  # per distinct feature: {value: latest tile}
+    cdef dict sessions  # session id -> (events, max ts): tuples, which the GC stops tracking, unlike lists
+    cdef public object session
+    cdef public object attrs
+
+    def __cinit__(self, NativePlan plan):
+        self.plan = plan
+        self.t = 0
+        self.cdc_ts = 0
+        self.idx.resize(plan.nwin)
+        self.vals.resize(plan.nwin)
+        self.sums.resize(plan.nwin)
+        self.summed.assign(plan.nwin, 0)
+        self.seen = [{} for _ in range(plan.ndist)]
+        self.sessions = {}
+        self.session = None
+        self.attrs = None
+
+    @property
+    def ts(self) -> int:
+        return self.t if self.t > self.cdc_ts else self.cdc_ts
+
+    cdef Py_ssize_t _row_for(self, int slot, int64_t ts, int64_t t):
+        """Offset of `ts`'s tile row in `vals[slot]`, created if needed; -1 when the tile is out of the window."""
+        cdef NativePlan p = self.plan
+        cdef int64_t tile_ms = p.tile_ms[slot]
+        cdef int64_t i = _tile(ts, tile_ms)
+        if i <= _tile(t, tile_ms) - p.tiles[slot]:
+            return -1
+        cdef vector[int64_t]* idx = &self.idx[slot]
+        cdef Py_ssize_t n = idx.size(), k = n - 1
+        while k >= 0:
+            if idx[0][k] == i:
+                return k * p.width[slot]
+            k -= 1
+        idx.push_back(i)
+        self.vals[slot].resize((n + 1) * p.width[slot], 0.0)
+        return n * p.width[slot]
+
+    def apply_event(self, plan, dict event, int64_t ts) -> None:
+        """Fold one accepted clickstream-like event (`plan` is ignored: the state keeps its own)."""
+        cdef NativePlan p = self.plan
+        cdef int64_t t
+        cdef Py_ssize_t pos, c, k, slot
+        cdef int64_t cur, i
+        cdef Py_ssize_t rows[MAX_WINDOWS]
+        cdef tuple tests, test
+        cdef bint ok
+        if ts >= self.t:
+            self.t = ts
+            if p.session_field is not None:
+                self.session = event.get(p.session_field)
+        t = self.t
+        for slot in range(p.nwin):
+            rows[slot] = -2  # not looked up yet (-1: out of the window)
+        cdef vector[int]* group = &p.groups[p.type_group.get(event.get("event_type"), 0)]
+        for k in range(<Py_ssize_t>group.size()):
+            c = group[0][k]
+            tests = <tuple>p.col_tests[c]
+            ok = True
+            for test in tests:
+                v = event.get(test[0])
+                if test[2]:
+                    if v is None:
+                        ok = False
+                        break
+                elif not (v == test[1]):
+                    ok = False
+                    break
+            if not ok:
+                continue
+            slot = p.col_slot[c]
+            if rows[slot] == -2:
+                rows[slot] = self._row_for(slot, ts, t)
+                if rows[slot] >= 0 and rows[slot] // p.width[slot] < self.summed[slot]:
+                    self.summed[slot] = 0  # an event in a tile already summed: start over
+            pos = rows[slot]
+            if pos < 0:
+                continue
+            field = p.col_value[c]
+            if field is None:
+                self.vals[slot][pos + p.col_col[c]] += 1.0
+            else:
+                v = event.get(field)
+                if v is not None:
+                    self.vals[slot][pos + p.col_col[c]] += <double>v
+        for k in range(p.ndist):
+            v = event.get(p.d_field[k])
+            if v is None:
+                continue
+            i = _tile(ts, p.d_tile_ms[k])
+            if i <= _tile(t, p.d_tile_ms[k]) - p.d_tiles[k]:
+                continue
+            seen = <dict>self.seen[k]
+            prev = seen.get(v)
+            if prev is None or <int64_t>prev < i:
+                seen[v] = i
+        if p.session_field is not None:
+            sid = event.get(p.session_field)
+            if sid is not None:
+                entry = self.sessions.get(sid)
+                if entry is None:
+                    self.sessions[sid] = (1, ts)
+                else:
+                    self.sessions[sid] = (entry[0] + 1, ts if ts > entry[1] else entry[1])
+
+    def apply_change(self, plan, str topic, op, after, int64_t ts) -> None:
+        """Fold one CDC change: create/update/snapshot sets the attributes, delete removes them."""
+        if ts > self.cdc_ts:
+            self.cdc_ts = ts
+        if op == "d" or after is None:
+            self.attrs = None
+            return
+        fields = self.plan.attribute_fields.get(topic, ())
+        self.attrs = {name: after.get(name) for name in fields}
+
+    def values(self, plan=None) -> dict:
+        """Feature name -> value as of `ts`; attributes absent when unknown or deleted (prunes as the reference)."""
+        cdef NativePlan p = self.plan
+        cdef int64_t t = self.t, lo, i
+        cdef Py_ssize_t slot, n, k, keep, c, w, base
+        cdef double totals[MAX_COLUMNS]
+        cdef double count
+        cdef int kind
+        cdef vector[int64_t]* idx
+        cdef vector[double]* vals
+        cdef vector[double]* sums
+        self._prune_sessions()
+        for slot in range(p.nwin):
+            w, base = p.width[slot], p.base[slot]
+            lo = _tile(t, p.tile_ms[slot]) - p.tiles[slot]
+            idx, vals, sums = &self.idx[slot], &self.vals[slot], &self.sums[slot]
+            n, keep = idx.size(), 0
+            for k in range(n):  # drop the tiles that left the window, keeping the order of the rest
+                i = idx[0][k]
+                if i <= lo:
+                    continue
+                if keep != k:
+                    idx[0][keep] = i
+                    for c in range(w):
+                        vals[0][keep * w + c] = vals[0][k * w + c]
+                keep += 1
+            if keep != n:
+                idx.resize(keep)
+                vals.resize(keep * w)
+                n = keep
+                self.summed[slot] = 0
+            if self.summed[slot] == 0:
+                sums.assign(w, 0.0)
+            for k in range(self.summed[slot], n - 1):  # every tile but the last, the likeliest to change
+                for c in range(w):
+                    sums[0][c] += vals[0][k * w + c]
+            if n - 1 > self.summed[slot]:
+                self.summed[slot] = n - 1
+            for c in range(w):
+                totals[base + c] = sums[0][c] + vals[0][(n - 1) * w + c] if n else 0.0
+        out = {}
+        attrs = None
+        for k in range(p.nout):
+            kind = p.out_kind[k]
+            name = p.out_name[k]
+            if kind == COL:
+                if p.out_c[k]:
+                    out[name] = <int64_t>totals[p.out_a[k] + p.out_b[k]]
+                else:
+                    out[name] = totals[p.out_a[k] + p.out_b[k]]
+            elif kind == MEAN:
+                count = totals[p.out_a[k] + p.out_c[k]]
+                out[name] = totals[p.out_a[k] + p.out_b[k]] / count if count else p.out_arg[k]
+            elif kind == DISTINCT:
+                out[name] = self._distinct(p.out_a[k], t)
+            elif kind == SESSION:
+                entry = self.sessions.get(self.session) if self.session is not None else None
+                out[name] = entry[0] if entry else 0
+            elif kind == MAX:
+                out[name] = t
+            elif kind == ATTRIBUTE or kind == AGE_DAYS:
+                if attrs is None:
+                    attrs = self.attrs if self.attrs else {}
+                v = attrs.get(p.out_arg[k])
+                if v is not None:
+                    out[name] = v if kind == ATTRIBUTE else (self.ts - v) // p.day_ms
+        if p.has_ratio:
+            for k in range(p.nout):
+                if p.out_kind[k] == RATIO:
+                    num, den_name = p.out_arg[k]
+                    den = out.get(den_name, 0)
+                    out[p.out_name[k]] = out.get(num, 0) / den if den else 0.0
+        return out
+
+    cdef Py_ssize_t _distinct(self, Py_ssize_t k, int64_t t) except -1:
+        cdef int64_t lo = _tile(t, self.plan.d_tile_ms[k]) - self.plan.d_tiles[k]
+        seen = <dict>self.seen[k]
+        stale = [v for v, i in seen.items() if <int64_t>i <= lo]
+        for v in stale:
+            del seen[v]
+        return len(seen)
+
+    cdef _prune_sessions(self):
+        if len(self.sessions) > 1:
+            horizon = self.t - self.plan.day_ms
+            for sid in [s for s, entry in self.sessions.items() if entry[1] < horizon and s != self.session]:
+                del self.sessions[sid]
+
+    def dump(self) -> tuple:
+        """The reference's `EntityState.dump()` layout (t, cdc_ts, rows, seen, sessions, session, attrs): what the
+        equivalence tests compare. Snapshots use `freeze()`."""
+        cdef Py_ssize_t slot, k, w
+        rows = []
+        for slot in range(self.plan.nwin):
+            w = self.plan.width[slot]
+            rows.append({self.idx[slot][k]: [self.vals[slot][k * w + c] for c in range(w)]
+                         for k in range(<Py_ssize_t>self.idx[slot].size())})
+        return (self.t, self.cdc_ts, rows, [dict(s) for s in self.seen],
+                {sid: list(entry) for sid, entry in self.sessions.items()}, self.session, self.attrs)
+
+    cdef _load_tuple(self, tuple data):
+        cdef Py_ssize_t slot
+        t, cdc_ts, rows, seen, sessions, session, attrs = data
+        self.t, self.cdc_ts = t, cdc_ts
+        for slot in range(self.plan.nwin):
+            for i, row in rows[slot].items():
+                self.idx[slot].push_back(i)
+                for v in row:
+                    self.vals[slot].push_back(v)
+        self.seen = [dict(s) for s in seen]
+        self.sessions = {sid: tuple(entry) for sid, entry in sessions.items()}
+        self.session, self.attrs = session, attrs
+
+    def freeze(self) -> bytes:
+        """The state as bytes (no pickle for the tiles, times and string-keyed sets that make up almost all)."""
+        cdef string buf
+        cdef Py_ssize_t slot, n
+        cdef unsigned char header[2]
+        buf.reserve(512)
+        header[0], header[1] = MAGIC, VERSION
+        buf.append(<char*>header, 2)
+        _put_i64(buf, self.t)
+        _put_i64(buf, self.cdc_ts)
+        for slot in range(self.plan.nwin):
+            n = self.idx[slot].size()
+            _put_u32(buf, <uint32_t>n)
+            if n:
+                buf.append(<char*>self.idx[slot].data(), n * sizeof(int64_t))
+                buf.append(<char*>self.vals[slot].data(), n * self.plan.width[slot] * sizeof(double))
+        cdef size_t mark = buf.size()
+        buf.push_back(0)
+        if not self._pack_tail(buf):  # a key that is not a string: these parts are pickled instead
+            buf.resize(mark)
+            buf.push_back(1)
+            _put_bytes(buf, pickle.dumps((self.seen, self.sessions, self.session), pickle.HIGHEST_PROTOCOL))
+        if self.attrs is None:
+            buf.push_back(0)
+        else:
+            buf.push_back(1)
+            _put_bytes(buf, pickle.dumps(self.attrs, pickle.HIGHEST_PROTOCOL))
+        return buf
+
+    cdef bint _pack_tail(self, string& buf) except -1:
+        """Append the distinct sets, sessions and current session; False (buffer half written) if one holds a
+        key that is not a string."""
+        for seen in self.seen:
+            _put_u32(buf, <uint32_t>len(<dict>seen))
+            for v, i in (<dict>seen).items():
+                if type(v) is not str:
+                    return False
+                _put_str(buf, v)
+                _put_i64(buf, i)
+        _put_u32(buf, <uint32_t>len(self.sessions))
+        for sid, entry in self.sessions.items():
+            if type(sid) is not str:
+                return False
+            _put_str(buf, sid)
+            _put_i64(buf, (<tuple>entry)[0])
+            _put_i64(buf, (<tuple>entry)[1])
+        if self.session is None:
+            buf.push_back(0)
+        elif type(self.session) is str:
+            buf.push_back(1)
+            _put_str(buf, self.session)
+        else:
+            return False
+        return True
+
+    cdef _unpack(self, const unsigned char[:] data):
+        cdef _Reader r = _Reader(data)
+        cdef Py_ssize_t slot, n, k, w
+        if data.shape[0] < 2 or data[0] != MAGIC or data[1] != VERSION:
+            raise ValueError("not a frozen native entity state (or a newer version of it)")
+        r.pos = 2
+        self.t = r.i64()
+        self.cdc_ts = r.i64()
+        for slot in range(self.plan.nwin):
+            n, w = r.u32(), self.plan.width[slot]
+            self.idx[slot].resize(n)
+            self.vals[slot].resize(n * w)
+            if n:
+                r.copy(<char*>self.idx[slot].data(), n * sizeof(int64_t))
+                r.copy(<char*>self.vals[slot].data(), n * w * sizeof(double))
+        if r.byte():
+            self.seen, self.sessions, self.session = pickle.loads(r.blob())
+        else:
+            self.seen = []
+            for k in range(self.plan.ndist):
+                seen = {}
+                for _ in range(r.u32()):
+                    v = r.text()
+                    seen[v] = r.i64()
+                self.seen.append(seen)
+            self.sessions = {}
+            for _ in range(r.u32()):
+                sid = r.text()
+                count = r.i64()
+                self.sessions[sid] = (count, r.i64())
+            self.session = r.text() if r.byte() else None
+        self.attrs = pickle.loads(r.blob()) if r.byte() else None
+        if r.pos != data.shape[0]:
+            raise ValueError("frozen native entity state has trailing bytes")
+
+
+cdef inline void _put_i64(string& buf, int64_t v):
+    buf.append(<char*>&v, sizeof(int64_t))
+
+
+cdef inline void _put_u32(string& buf, uint32_t v):
+    buf.append(<char*>&v, sizeof(uint32_t))
+
+
+cdef inline void _put_bytes(string& buf, bytes b):
+    _put_u32(buf, <uint32_t>len(b))
+    buf.append(<char*>b, len(b))
+
+
+cdef inline int _put_str(string& buf, str s) except -1:
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(s, &n)
+    _put_u32(buf, <uint32_t>n)
+    buf.append(p, n)
+    return 0
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+
+
+cdef class _Reader:
+    cdef const unsigned char[:] data
+    cdef Py_ssize_t pos
+
+    def __cinit__(self, const unsigned char[:] data):
+        self.data = data
+        self.pos = 0
+
+    cdef inline int _need(self, Py_ssize_t n) except -1:
+        if self.pos + n > self.data.shape[0]:
+            raise ValueError("frozen native entity state is truncated")
+        return 0
+
+    cdef int copy(self, char* dest, Py_ssize_t n) except -1:
+        self._need(n)
+        memcpy(dest, &self.data[self.pos], n)
+        self.pos += n
+        return 0
+
+    cdef int64_t i64(self) except? -1:
+        cdef int64_t v
+        self.copy(<char*>&v, sizeof(int64_t))
+        return v
+
+    cdef Py_ssize_t u32(self) except -1:
+        cdef uint32_t v
+        self.copy(<char*>&v, sizeof(uint32_t))
+        return v
+
+    cdef int byte(self) except -1:
+        self._need(1)
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    cdef object text(self):
+        cdef Py_ssize_t n = self.u32()
+        self._need(n)
+        s = PyUnicode_DecodeUTF8(<const char*>&self.data[self.pos], n, NULL)
+        self.pos += n
+        return s
+
+    cdef object blob(self):
+        cdef Py_ssize_t n = self.u32()
+        self._need(n)
+        b = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+
+def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict touched, dict pending, dict moved,
+                log) -> None:
+    """`ShardState.apply`'s loop over one windowed-source input, compiled: the same steps as its reference loop
+    in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to)."""
+    cdef NativeState state
+    cdef int64_t ts, before, now
+    cdef list entries
+    for eid, record in rows:
+        found = states.get(eid)
+        if found is None:
+            state = NativeState(plan)
+            states[eid] = state
+        else:
+            state = <NativeState>found
+        ts = (<dict>record)["ts"]
+        now = state.t if state.t > state.cdc_ts else state.cdc_ts
+        before = now // period
+        if ts // period > before:
+            if eid in touched:  # moves on to a later log window inside this batch (see shard.py)
+                log(eid, now, state.values())
+            window = pending.get(before)  # `ShardState._seal`
+            if window is not None and eid in <dict>window:
+                found = moved.get(before)
+                if found is None:
+                    moved[before] = [eid]
+                else:
+                    (<list>found).append(eid)
+        state.apply_event(None, record, ts)
+        touched[eid] = state
+
+
+def evaluate(dict touched) -> list:
+    """(entity id, event time, values) of each state in `touched`, in order."""
+    cdef NativeState state
+    out = []
+    for eid, found in touched.items():
+        state = <NativeState>found
+        out.append((eid, state.t if state.t > state.cdc_ts else state.cdc_ts, state.values()))
+    return out
+
+
+cdef uint32_t _CRC[256]
+
+
+cdef void _crc_table() noexcept:
+    cdef uint32_t c
+    cdef int i, k
+    for i in range(256):
+        c = i
+        for k in range(8):
+            c = (c >> 1) ^ 0xEDB88320u if c & 1 else c >> 1
+        _CRC[i] = c
+
+
+_crc_table()
+
+
+cdef inline uint32_t _crc32(const unsigned char* p, Py_ssize_t n) noexcept:
+    """zlib's CRC-32 (what `shard.shard_of` uses)."""
+    cdef uint32_t c = 0xFFFFFFFFu
+    cdef Py_ssize_t k
+    for k in range(n):
+        c = _CRC[(c ^ p[k]) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFFu
+
+
+def crc32(str text) -> int:
+    """CRC-32 of `text` in UTF-8, as `zlib.crc32(text.encode())` (exposed for tests)."""
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(text, &n)
+    return _crc32(<const unsigned char*>p, n)
+
+
+def group_by_shard(list records, str field, bint cdc, int shards) -> list:
+    """`route`'s split of one batch for one entity, compiled: [(shard, [(entity id, record), ...]), ...], shards in
+    the order of their first record; records without the id field are left out."""
+    cdef list buckets = [None] * shards
+    cdef list order = []
+    cdef Py_ssize_t n
+    cdef const char* p
+    cdef int k
+    for _, record in records:
+        if cdc:
+            row = record.get("after") or record.get("before") or {}
+            value = row.get(field)
+        else:
+            value = (<dict>record).get(field)
+        if value is None:
+            continue
+        eid = value if isinstance(value, str) else str(value)
+        p = PyUnicode_AsUTF8AndSize(eid, &n)
+        k = _crc32(<const unsigned char*>p, n) % shards
+        bucket = buckets[k]
+        if bucket is None:
+            bucket = buckets[k] = []
+            order.append(k)
+        (<list>bucket).append((eid, record))
+    return [(k, buckets[k]) for k in order]

@@ -1,0 +1,178 @@
+"""The compiled feature state (streams/features/native_state.pyx) equals the pure-Python reference bit for bit:
+the same state after every event, the same values, the same shard outputs and snapshots that either engine reads."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.errors import ConfigError, RecoveryError
+from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM
+from streams.features import state as state_module
+from streams.features.definitions import ENTITIES
+from streams.features.shard import ShardState, route
+from streams.features.state import EntityPlan, engine_from_env, native_state
+
+T0 = 1_763_800_000_000
+pytestmark = pytest.mark.skipif(native_state is None, reason="the native engine was not built")
+REF = {e.name: EntityPlan(e, engine="python") for e in ENTITIES}
+NAT = {e.name: EntityPlan(e, engine="native") for e in ENTITIES} if native_state is not None else {}
+
+
+def test_the_native_engine_is_built():
+    """`pip install` builds it when a C++ compiler is present (.ci/run installs g++): the flow's speed needs it."""
+    assert native_state is not None, "streams/features/native_state.pyx was not built: apt-get install g++, then " \
+                                     "pip install -e . again"
+    assert engine_from_env() == "native"
+
+
+def _click(rnd: random.Random, ts: int, user: str = "u1") -> dict:
+    kind = rnd.choice(["page_view", "click", "add_to_cart", "purchase", "search"])
+    item = None if kind == "search" else f"i{rnd.randint(0, 5)}"
+    event = {"event_type": kind, "user_id": user, "item_id": item, "ts": ts, "session_id": f"s{ts // 1_800_000}",
+             "price": round(rnd.uniform(1, 100), 2) if item and rnd.random() < 0.8 else None}
+    if rnd.random() < 0.1:
+        event["event_type"] = rnd.choice([None, "refund", 3])
+    if rnd.random() < 0.1:
+        del event[rnd.choice(["price", "item_id", "session_id", "event_type"])]
+    return event
+
+
+def _change(rnd: random.Random, entity: str, ts: int) -> tuple[str, dict]:
+    if entity == "user":
+        topic, row = CDC_USERS.name, {"user_id": "u1", "tier": rnd.choice(["free", "plus"]), "country": "DE",
+                                      "signup_ts": ts - rnd.randint(0, 400) * 86_400_000, "marketing_opt_in": True}
+    else:
+        topic, row = CDC_ITEMS.name, {"item_id": "u1", "category": rnd.choice(["a", "b"]), "price": rnd.uniform(1, 9)}
+    op = rnd.choice(["c", "u", "r", "d"])
+    return topic, {"op": op, "before": row, "after": None if op == "d" else row, "ts_ms": ts}
+
+
+def _same_values(a: dict, b: dict) -> None:
+    assert list(a.items()) == list(b.items())  # the same keys in the same order, equal values...
+    assert [type(v) for v in a.values()] == [type(v) for v in b.values()]  # ...of the same types
+
+
+@given(st.integers(0, 2**32), st.integers(1, 150), st.integers(0, 3 * 86_400_000))
+@settings(max_examples=80, deadline=None)
+def test_after_every_event_the_native_state_is_the_references(seed, n, spread):
+    """Out-of-order and out-of-window times, unknown and missing event types and fields, CDC changes and
+    deletes, values read (which prunes) and snapshots taken at random points, in either engine's bytes."""
+    rnd = random.Random(seed)
+    for name in REF:
+        ref, nat = REF[name].new_state(), NAT[name].new_state()
+        for _ in range(n):
+            ts = T0 + rnd.randint(0, spread)
+            if rnd.random() < 0.1:
+                topic, change = _change(rnd, name, ts)
+                for plan, s in ((REF[name], ref), (NAT[name], nat)):
+                    s.apply_change(plan, topic, change["op"], change["after"], ts)
+            else:
+                event = _click(rnd, ts)
+                ref.apply_event(REF[name], event, ts)
+                nat.apply_event(NAT[name], event, ts)
+            if rnd.random() < 0.3:
+                _same_values(nat.values(NAT[name]), ref.values(REF[name]))
+            assert nat.dump() == ref.dump() and nat.ts == ref.ts
+            if rnd.random() < 0.1:
+                nat = NAT[name].thaw(nat.freeze())
+            elif rnd.random() < 0.05:
+                nat = NAT[name].thaw(ref.freeze())  # a reference snapshot, read by the native engine
+            elif rnd.random() < 0.05:
+                ref = REF[name].thaw(nat.freeze())  # and the other way
+        _same_values(nat.values(NAT[name]), ref.values(REF[name]))
+        assert nat.dump() == ref.dump()
+
+
+def test_keys_that_are_not_strings_survive_a_snapshot():
+    """Distinct values and session ids are whatever events carry; non-strings are pickled instead of packed."""
+    plan = NAT["user"]
+    state = plan.new_state()
+    for k, (item, session) in enumerate([(7, 1), ("i2", 1), ((1, 2), "s")]):
+        state.apply_event(plan, {"event_type": "click", "item_id": item, "session_id": session, "ts": T0 + k}, T0 + k)
+    back = plan.thaw(state.freeze())
+    assert back.dump() == state.dump() and back.values(plan) == state.values(plan)
+    assert back.values(plan)["distinct_items_1h"] == 3
+
+
+def test_damaged_state_bytes_are_a_recovery_error_that_says_how_to_start_over():
+    state = NAT["user"].new_state()
+    state.apply_event(NAT["user"], _click(random.Random(1), T0), T0)
+    frozen = state.freeze()
+    for damaged in (frozen[:-3], frozen + b"x", b"N\x09" + frozen[2:]):
+        for plan in (NAT["user"], REF["user"]):
+            with pytest.raises(RecoveryError, match="start over"):
+                plan.thaw(damaged)
+
+
+def test_an_unknown_engine_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("STREAMML_FEATURES_ENGINE", "fortran")
+    with pytest.raises(ConfigError, match="auto, native, python"):
+        engine_from_env()
+    monkeypatch.setenv("STREAMML_FEATURES_ENGINE", "python")
+    assert EntityPlan(ENTITIES[0]).native is None
+    monkeypatch.setenv("STREAMML_FEATURES_ENGINE", "native")
+    monkeypatch.setattr(state_module, "native_state", None)
+    with pytest.raises(ConfigError, match="g\\+\\+"):
+        engine_from_env()
+
+
+def _stream(seed: int, n: int) -> list[dict]:
+    rnd = random.Random(seed)
+    out, clock = [], T0
+    for _ in range(n):
+        clock += rnd.randint(-20_000, 40_000)  # out of order, within the lateness
+        out.append(_click(rnd, clock, f"u{rnd.randint(0, 30)}") | {"user_id": f"u{rnd.randint(0, 30)}"})
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_shard_writes_logs_and_snapshots_the_same_in_both_engines(seed):
+    """`ShardState` with the compiled fold (`fold_events`, `evaluate`) gives the reference's Redis rows, closed log
+    windows and snapshots; a snapshot of either engine restores in the other."""
+    rnd = random.Random(seed)
+    events = _stream(seed, 2000)
+    options = {"period_ms": 60_000, "lateness_ms": 120_000}
+    shards = {engine: {e: ShardState(e, plan=plans[e], **options) for e in plans} for engine, plans in
+              (("python", REF), ("native", NAT))}
+    i = 0
+    while i < len(events):
+        size = rnd.choice([1, 7, 60])
+        chunk = [(k, e) for k, e in enumerate(events[i:i + size], start=i)]
+        out = {}
+        for engine, states in shards.items():
+            got = []
+            for key, part in route(CLICKSTREAM.name, chunk, 0, 1):
+                shard = states[part.entity]
+                shard.clock = i
+                writes = shard.apply([part])
+                shard.freeze_some(i % 3, i - 30)  # some entities frozen between batches, as the flow does
+                got.append((key, writes.rows, [(w.window_start, w.rows) for w in shard.close_windows()]))
+            out[engine] = got
+        assert out["native"] == out["python"]
+        i += size
+        if rnd.random() < 0.15:  # restore each engine from the other's snapshot, as after an upgrade
+            snaps = {engine: {e: s.snapshot() for e, s in states.items()} for engine, states in shards.items()}
+            for engine, other, plans in (("python", "native", REF), ("native", "python", NAT)):
+                shards[engine] = {e: ShardState.restore(e, snaps[other][e], plan=plans[e], **options)
+                                  for e in plans}
+    for e in REF:
+        ref, nat = shards["python"][e], shards["native"][e]
+        assert {k: s.dump() for k, s in nat.states.items()} == {k: s.dump() for k, s in ref.states.items()}
+        assert [(w.window_start, w.rows) for w in nat.close_windows(force=True)] == \
+               [(w.window_start, w.rows) for w in ref.close_windows(force=True)]
+
+
+def test_snapshots_of_the_reference_before_freeze_existed_restore_natively():
+    """Entities pickled as the reference's `dump()` tuples (every snapshot before the native engine)."""
+    plan = NAT["user"]
+    ref = REF["user"].new_state()
+    rnd = random.Random(5)
+    for k in range(40):
+        ref.apply_event(REF["user"], _click(rnd, T0 + k * 60_000), T0 + k * 60_000)
+    old = pickle.dumps(ref.dump(), protocol=pickle.HIGHEST_PROTOCOL)
+    assert plan.thaw(old).dump() == ref.dump() and plan.thaw(ref.dump()).dump() == ref.dump()
