@@ -204,10 +204,13 @@ cdef class NativeState:
 
     def apply_event(self, plan, dict event, int64_t ts) -> None:
         """Fold one accepted clickstream-like event (`plan` is ignored: the state keeps its own)."""
+        self._apply(event, ts)
+
+    cdef int _apply(self, dict event, int64_t ts) except -1:
         cdef NativePlan p = self.plan
         cdef int64_t t
         cdef Py_ssize_t pos, c, k, slot
-        cdef int64_t cur, i
+        cdef int64_t i
         cdef Py_ssize_t rows[MAX_WINDOWS]
         cdef tuple tests, test
         cdef bint ok
@@ -268,6 +271,7 @@ cdef class NativeState:
                     self.sessions[sid] = (1, ts)
                 else:
                     self.sessions[sid] = (entry[0] + 1, ts if ts > entry[1] else entry[1])
+        return 0
 
     def apply_change(self, plan, str topic, op, after, int64_t ts) -> None:
         """Fold one CDC change: create/update/snapshot sets the attributes, delete removes them."""
@@ -564,7 +568,6 @@ def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict to
     in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to)."""
     cdef NativeState state
     cdef int64_t ts, before, now
-    cdef list entries
     for eid, record in rows:
         found = states.get(eid)
         if found is None:
@@ -585,7 +588,7 @@ def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict to
                     moved[before] = [eid]
                 else:
                     (<list>found).append(eid)
-        state.apply_event(None, record, ts)
+        state._apply(<dict>record, ts)
         touched[eid] = state
 
 
@@ -656,3 +659,19 @@ def group_by_shard(list records, str field, bint cdc, int shards) -> list:
             order.append(k)
         (<list>bucket).append((eid, record))
     return [(k, buckets[k]) for k in order]
+
+
+def encode_rows(list rows, list names, ttl_ms) -> list:
+    """The Redis writer's per-key payloads, compiled: (event time, TTL, [field, value, ...], [absent feature, ...])
+    per (entity id, event time, values) row, values encoded as `keys.encode_value` does (floats by repr)."""
+    cdef list out = [], flat, missing
+    cdef dict values
+    for row in rows:
+        values = <dict>(<tuple>row)[2]
+        flat = []
+        for name, value in values.items():
+            flat.append(name)
+            flat.append(repr(value) if isinstance(value, float) else str(value))
+        missing = [n for n in names if n not in values] if len(values) < len(names) else []
+        out.append((str((<tuple>row)[1]), ttl_ms, flat, missing))
+    return out

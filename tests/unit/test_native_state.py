@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import zlib
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from schemas.errors import ConfigError, RecoveryError
 from schemas.topics import CDC_ITEMS, CDC_USERS, CLICKSTREAM
+from streams.features import shard as shard_module
 from streams.features import state as state_module
 from streams.features.definitions import ENTITIES
 from streams.features.shard import ShardState, route
@@ -176,3 +179,34 @@ def test_snapshots_of_the_reference_before_freeze_existed_restore_natively():
         ref.apply_event(REF["user"], _click(rnd, T0 + k * 60_000), T0 + k * 60_000)
     old = pickle.dumps(ref.dump(), protocol=pickle.HIGHEST_PROTOCOL)
     assert plan.thaw(old).dump() == ref.dump() and plan.thaw(ref.dump()).dump() == ref.dump()
+
+
+@given(st.lists(st.one_of(st.text(max_size=12), st.integers(-5, 10**12), st.none()), max_size=60),
+       st.integers(1, 20), st.booleans())
+@settings(max_examples=80, deadline=None)
+def test_compiled_routing_splits_a_batch_as_the_reference_does(ids, shards, cdc):
+    """Same shards, same order, same entity ids (non-strings as `str`), for any id, ASCII or not."""
+    for text in (i for i in ids if isinstance(i, str)):
+        assert native_state.crc32(text) == zlib.crc32(text.encode())
+    if cdc:
+        records = [(k, {"op": "c", "before": None, "after": {"user_id": i}, "ts_ms": T0}) for k, i in enumerate(ids)]
+    else:
+        records = [(k, {"user_id": i, "ts": T0}) for k, i in enumerate(ids)]
+    topic = CDC_USERS.name if cdc else CLICKSTREAM.name
+    got = route(topic, records, 7, shards, 1, T0)  # the flow's plans: compiled
+    with patch.dict(shard_module.PLANS, REF):  # the reference's loop
+        want = route(topic, records, 7, shards, 1, T0)
+    assert [(k, p.rows, p.shard, p.partition) for k, p in got] == [(k, p.rows, p.shard, p.partition) for k, p in want]
+    assert all(isinstance(eid, str) for _, p in got for eid, _ in p.rows)
+
+
+@given(st.lists(st.tuples(st.text(max_size=5), st.integers(0, 2**60), st.dictionaries(
+    st.sampled_from(["clicks_5m", "views_1h", "tier", "spend_24h", "ctr_1h"]),
+    st.one_of(st.floats(allow_nan=True), st.integers(-2**70, 2**70), st.text(max_size=8)))), max_size=20))
+@settings(max_examples=100, deadline=None)
+def test_compiled_redis_payloads_encode_as_the_reference(rows):
+    """Floats by repr (nan, inf, -0.0 and all), ints and strings by str, absent features listed in order."""
+    from streams.sinks import redis as redis_sink
+
+    names = ["clicks_5m", "views_1h", "tier", "spend_24h", "ctr_1h", "last_event_ts"]
+    assert native_state.encode_rows(rows, names, 604_800_000) == redis_sink._encode_rows(rows, names, 604_800_000)
