@@ -29,6 +29,7 @@ from schemas.topics import TopicSpec
 from streams.features.definitions import HOUR_MS
 from streams.flows import metrics
 from streams.flows.source import SourceBatch
+from streams.sinks.background import BackgroundWriter, shared_writer
 
 META_FIELDS = [
     pa.field("_topic", pa.string()),
@@ -110,9 +111,21 @@ def committed_position(root: Path, topic: str, partition: int) -> int:
     return best
 
 
+def _write_groups(groups: list[tuple[pq.ParquetWriter, pa.Table]]) -> None:
+    for writer, table in groups:
+        writer.write_table(table)
+
+
+def _group_writer() -> BackgroundWriter[tuple[pq.ParquetWriter, pa.Table]]:
+    """The process's thread for event-log row groups: Parquet encodes and compresses outside the GIL, so the
+    flow goes on meanwhile (in the flow's thread, writing them was 6-7% of its catch-up profile)."""
+    return shared_writer("event-log-row-groups", lambda: BackgroundWriter(_write_groups, "event-log-writer"))
+
+
 class _OpenPiece:
     """One event hour of the flush in progress: a Parquet file written under a temporary name, a row group
-    whenever enough rows are buffered; `close` renames it into place (the atomic step)."""
+    whenever enough rows are buffered (on the row-group thread); `close` waits for them, then renames the
+    file into place (the atomic step)."""
 
     def __init__(self, directory: Path, partition: int, schema: pa.Schema):
         directory.mkdir(parents=True, exist_ok=True)
@@ -121,6 +134,7 @@ class _OpenPiece:
         self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self.buffered: list[pa.Table] = []
         self.rows = 0
+        self._written: tuple[BackgroundWriter, int] | None = None  # the last row group handed to the thread
 
     def add(self, table: pa.Table, group_rows: int) -> None:
         self.buffered.append(table)
@@ -130,11 +144,17 @@ class _OpenPiece:
 
     def write(self) -> None:
         if self.buffered:
-            self.writer.write_table(pa.concat_tables(self.buffered))
+            groups = _group_writer()
+            if self._written is not None and self._written[0] is not groups:  # the thread of earlier groups
+                self._written[0].wait(self._written[1])  # stopped on an error: raise it, never leave a gap
+            self._written = groups, groups.submit([(self.writer, pa.concat_tables(self.buffered))])
             self.buffered, self.rows = [], 0
 
     def close(self, name: str) -> None:
         self.write()
+        if self._written is not None:
+            groups, seq = self._written
+            groups.wait(seq)  # re-raises a failed write: the flush fails, nothing is renamed
         self.writer.close()
         os.replace(self.tmp, self.directory / name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 from schemas.topics import CLICKSTREAM
 from streams.flows.source import SourceBatch
@@ -108,3 +109,24 @@ def test_rows_written_before_a_crash_are_removed_on_start_and_written_once(tmp_p
     assert again.flush() == 6
     assert sorted(r["_offset"] for r in _rows(tmp_path)) == list(range(6))
     assert max(pq.ParquetFile(p).num_row_groups for p in tmp_path.rglob("*.parquet")) > 1
+
+
+def test_a_row_group_that_fails_on_the_writer_thread_fails_the_flush_and_nothing_is_renamed(tmp_path, monkeypatch):
+    """Row groups are written on a thread of their own: its error surfaces at the flush, which then commits
+    nothing (the flow restarts from the last complete flush, as after a failed write in its own thread)."""
+    from streams.sinks import background, parquet
+
+    def full(groups):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(parquet, "_write_groups", full)
+    monkeypatch.delitem(background._SHARED, "event-log-row-groups", raising=False)  # a thread with `full`
+    writer = EventLogWriter(tmp_path, CLICKSTREAM, 2, -1, group_rows=2)
+    writer.add(_batch([0, 1, 2]))
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    assert not list(tmp_path.rglob("*.parquet")) and committed_position(tmp_path, CLICKSTREAM.name, 2) == -1
+    monkeypatch.undo()
+    writer = EventLogWriter(tmp_path, CLICKSTREAM, 2, -1)  # after the restart: written once, complete
+    writer.add(_batch([0, 1, 2]))
+    assert writer.flush() == 3 and sorted(r["_offset"] for r in _rows(tmp_path)) == [0, 1, 2]
