@@ -47,6 +47,9 @@ class SourceBatch:
     max_kafka_ts: int = 0  # newest producer timestamp (ms) in the batch, for freshness
     ingest_ms: int = 0
     high: int | None = None  # the partition's event-time high after the batch (windowed topics)
+    # The events and late ones, in offset order, as the Arrow columns they were decoded from (a `pa.Table`),
+    # when all were decoded in bulk: the event log writes these instead of converting the records back.
+    columns: Any = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,10 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
     last = retry_at = None
     fetched = [msg for msg in msgs if msg.error() is None]
     values = [msg.value() for msg in fetched]
-    outcomes = serde.deserialize_many(values, report_outage=True).outcomes(len(values))
-    for msg, value, record in zip(fetched, values, outcomes, strict=True):
+    decoded = serde.deserialize_many(values, report_outage=True)
+    outcomes = decoded.outcomes(len(values))
+    logged: list[int] = []  # positions in `values` of the events and late ones
+    for position, (msg, value, record) in enumerate(zip(fetched, values, outcomes, strict=True)):
         offset = msg.offset()
         kts = msg.timestamp()[1]
         if isinstance(record, RegistryError):
@@ -112,6 +117,7 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
         if windowed:
             accepted, new_high = admit(ts, high, lateness_ms, kts)
             if not accepted:
+                logged.append(position)
                 batch.late.append((offset, record))
                 batch.dead.append(DeadLetter(
                     spec.name, partition, offset, msg.key(), value, LATE,
@@ -119,8 +125,13 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
                     f"(allowed lateness {lateness_ms} ms)", kts))
                 continue
             high = new_high
+        logged.append(position)
         batch.events.append((offset, record))
     batch.high = high if windowed else None
+    if logged and len(decoded.columns) == 1 and not decoded.records:  # all that decoded, decoded in bulk
+        indices, columns = decoded.columns[0]
+        row = dict(zip(indices, range(len(indices))))
+        batch.columns = columns.take([row[p] for p in logged])
     return PollRead(batch, high, None if last is None else last + 1, retry_at)
 
 

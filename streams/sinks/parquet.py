@@ -188,28 +188,34 @@ class EventLogWriter:
         offsets: list[int] = []
         rows: list[dict[str, Any]] = []
         late: list[bool] = []
-        for offset, record, is_late in records:
+        kept: list[int] = []  # positions in `records` (and in `batch.columns`) of the rows written
+        for position, (offset, record, is_late) in enumerate(records):
             if offset <= self._upto:
                 continue  # already written (or buffered): Bytewax re-sends after a restart
             self._upto = offset
             offsets.append(offset)
             rows.append(record)
             late.append(is_late)
+            kept.append(position)
         if rows:
             if not self._buffered:
                 self._first, self._first_at = offsets[0], time.monotonic()
-            self._add_table(rows, offsets, late, batch)
+            if batch.columns is not None:  # the decoded columns themselves: no conversion back from the rows
+                columns = batch.columns if len(kept) == len(records) else batch.columns.take(kept)
+                table = pa.Table.from_batches([columns]).cast(self._record_schema)
+            else:
+                table = pa.Table.from_pylist(rows, schema=self._record_schema)
+            self._add_table(table, offsets, late, batch)
         if self._buffered >= self.max_rows or (self._buffered and time.monotonic() - self._first_at > self.max_age_s):
             self.flush()
 
-    def _add_table(self, rows: list[dict[str, Any]], offsets: list[int], late: list[bool], batch: SourceBatch) -> None:
-        n = len(rows)
+    def _add_table(self, records: pa.Table, offsets: list[int], late: list[bool], batch: SourceBatch) -> None:
+        n = records.num_rows
         per_row = {"_offset": offsets, "_late": late}
         per_batch = {"_topic": batch.topic, "_partition": batch.partition, "_ingest_ts": batch.ingest_ms}
         meta = [pa.array(per_row[f.name], f.type) if f.name in per_row else pa.repeat(pa.scalar(per_batch[f.name], f.type), n)
                 for f in META_FIELDS]
-        table = pa.Table.from_arrays(pa.Table.from_pylist(rows, schema=self._record_schema).columns + meta,
-                                     schema=self.schema)
+        table = pa.Table.from_arrays(records.columns + meta, schema=self.schema)
         hours = table.column(self.spec.time_field).cast(pa.int64()).to_numpy() // HOUR_MS
         present = np.unique(hours).tolist()
         for hour in present:

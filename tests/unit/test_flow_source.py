@@ -136,3 +136,39 @@ def test_values_of_an_unreachable_schema_are_retried_not_dead_lettered() -> None
     again = _read(msgs[71:], registry, read.high)  # the broker delivers again from the retried offset
     assert again.batch.events == [(o, _event(o)) for o in range(71, 80)] and not again.batch.dead
     assert (again.next_offset, again.retry_at) == (80, None)
+
+
+@pytest.mark.parametrize("upto", [-1, 40, 79])  # nothing written yet, part of the poll, all of it (a re-send)
+def test_the_event_log_writes_the_bulk_columns_as_it_writes_the_records(upto: int, tmp_path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll decoded in bulk carries its events' Arrow columns; the event log writes those instead of the records
+    converted back: the same Parquet rows (enums, maps, nulls, times, late flags), dead letters left out."""
+    import pyarrow.parquet as pq
+
+    from streams.sinks.parquet import EventLogWriter
+
+    monkeypatch.setattr(serde_module, "BULK_MIN", 64)
+    msgs = [Msg(o, _good(o)) for o in range(70)] + [Msg(70, None), Msg(71, _good(71, UNKNOWN_ID)),
+                                                    Msg(73, frame(CLICK_ID, CODEC.encode(_event(73, user_id="")))),
+                                                    Msg(75, frame(CLICK_ID, CODEC.encode(_event(75, ts=T0 - 10 * LATENESS_MS))))]
+    msgs += [Msg(o, _good(o)) for o in range(76, 80)]
+    batch = _read(msgs, Registry()).batch
+    assert batch.columns is not None and batch.columns.num_rows == len(batch.events) + len(batch.late)
+    tables = []
+    for name, columns in (("bulk", batch.columns), ("rows", None)):
+        batch.columns = columns
+        writer = EventLogWriter(tmp_path / name, CLICKSTREAM, 0, upto)
+        writer.add(batch)
+        writer.flush()
+        files = sorted((tmp_path / name).rglob("*.parquet"))
+        tables.append([pq.read_table(f) for f in files])
+    assert [t.num_rows for t in tables[0]] == [t.num_rows for t in tables[1]]
+    assert all(a.equals(b) for a, b in zip(*tables, strict=True))
+    assert sum(t.num_rows for t in tables[0]) == len([o for o, _ in batch.events + batch.late if o > upto])
+
+
+def test_a_poll_decoded_one_by_one_carries_no_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    msgs = [Msg(o, _good(o)) for o in range(10)]
+    assert _read(msgs, Registry()).batch.columns is None  # under BULK_MIN: decoded value by value
+    monkeypatch.setattr(serde_module, "BULK_MIN", 4)
+    assert _read(msgs, Registry()).batch.columns is not None
