@@ -86,3 +86,9 @@ class CdcError(StreammlError):
 
 class RecoveryError(StreammlError):
     """The feature flow's recovery state cannot be read back (a state segment missing or unreadable)."""
+
+    @classmethod
+    def start_over(cls, what: str, store: str = "$STREAMML_HOME/recovery/features") -> RecoveryError:
+        """`what` went wrong, and how to start over (the one wording of it)."""
+        return cls(f"{what}. To start over, delete {store} (the flow then rebuilds its state from the topics' "
+                   "retained events).")

@@ -78,12 +78,10 @@ cdef class NativePlan:
             self.col_col.push_back(c.col)
             self.col_tests.append(tuple((name, expected, expected is not_null) for name, expected in c.where))
             self.col_value.append(c.value_field)
-        # The reference compiles one applier per event type a filter names, plus one for all others:
-        # the same column subsets, in plan order.
-        types = list(dict.fromkeys(v for c in plan.columns for k, v in c.where if k == "event_type"))
+        # The reference's column subsets per event type a filter names, plus one for all others, in plan order.
         self.type_group = {}
-        self.groups.push_back(self._indices(plan, [c for c in plan.columns if dict(c.where).get("event_type") is None]))
-        for t in types:
+        self.groups.push_back(self._indices(plan, plan.columns_for(None)))
+        for t in plan.filtered_types:
             self.type_group[t] = self.groups.size()
             self.groups.push_back(self._indices(plan, plan.columns_for(t)))
         self.ndist = len(plan.distinct_windows)
@@ -183,6 +181,10 @@ cdef class NativeState:
 
     @property
     def ts(self) -> int:
+        return self._ts()
+
+    cdef inline int64_t _ts(self):
+        """Event time this state reflects (what Redis `_ts` carries)."""
         return self.t if self.t > self.cdc_ts else self.cdc_ts
 
     cdef Py_ssize_t _row_for(self, int slot, int64_t ts, int64_t t):
@@ -576,7 +578,7 @@ def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict to
         else:
             state = <NativeState>found
         ts = (<dict>record)["ts"]
-        now = state.t if state.t > state.cdc_ts else state.cdc_ts
+        now = state._ts()
         before = now // period
         if ts // period > before:
             if eid in touched:  # moves on to a later log window inside this batch (see shard.py)
@@ -598,7 +600,7 @@ def evaluate(dict touched) -> list:
     out = []
     for eid, found in touched.items():
         state = <NativeState>found
-        out.append((eid, state.t if state.t > state.cdc_ts else state.cdc_ts, state.values()))
+        out.append((eid, state._ts(), state.values()))
     return out
 
 

@@ -157,10 +157,14 @@ class EntityPlan:
     def _appliers(self) -> tuple[dict[Any, Callable[[EntityState, dict[str, Any], int], None]], Any]:
         """`apply_event` compiled per event type named in a filter, plus one for every other type: straight-line
         code touching only the columns that type can match (about 2x faster than interpreting the plan)."""
-        types = {v for c in self.columns for k, v in c.where if k == "event_type"}
-        compiled = {t: self._compile_apply(self.columns_for(t), repr(t)) for t in types}
-        other = self._compile_apply([c for c in self.columns if dict(c.where).get("event_type") is None], "other")
-        return compiled, other
+        compiled = {t: self._compile_apply(self.columns_for(t), repr(t)) for t in self.filtered_types}
+        return compiled, self._compile_apply(self.columns_for(None), "other")
+
+    @cached_property
+    def filtered_types(self) -> tuple[Any, ...]:
+        """The event types column filters name; every other type (None included) visits `columns_for(None)`,
+        the columns without an event-type filter."""
+        return tuple(dict.fromkeys(v for c in self.columns for k, v in c.where if k == "event_type"))
 
     def _compile_apply(self, columns: list[_Column], label: str) -> Callable[[EntityState, dict[str, Any], int], None]:
         env: dict[str, Any] = {"MISSING": _MISSING}
@@ -223,9 +227,9 @@ class EntityPlan:
         """A state from either engine's `freeze()` bytes, or a `dump()` tuple (snapshots before `freeze`)."""
         native = isinstance(data, bytes) and data[:1] == b"N"
         if native and native_state is None:
-            raise RecoveryError("this recovery store holds feature state of the native engine, which this install "
-                                "lacks: install a C++ compiler (apt-get install g++) and run `pip install -e .` "
-                                "again, or start over from the topics with an empty STREAMML_HOME/recovery")
+            raise RecoveryError.start_over("this recovery store holds feature state of the native engine, which this "
+                                           "install lacks: install a C++ compiler (apt-get install g++) and run "
+                                           "`pip install -e .` again")
         try:
             if self.native is not None:
                 return self.native.thaw(data if native or isinstance(data, tuple) else pickle.loads(data))
@@ -233,8 +237,7 @@ class EntityPlan:
                 return EntityState.load(self._native_reader.thaw(data).dump())
             return EntityState.load(data if isinstance(data, tuple) else pickle.loads(data))
         except (ValueError, TypeError, pickle.UnpicklingError, EOFError) as exc:
-            raise RecoveryError(f"a {self.entity.name} state in the recovery store is damaged ({exc}): start over "
-                                "from the topics with an empty STREAMML_HOME/recovery") from exc
+            raise RecoveryError.start_over(f"a {self.entity.name} state in the recovery store is damaged ({exc})") from exc
 
 
 class _NotNull:

@@ -47,7 +47,7 @@ class SourceBatch:
     max_kafka_ts: int = 0  # newest producer timestamp (ms) in the batch, for freshness
     ingest_ms: int = 0
     high: int | None = None  # the partition's event-time high after the batch (windowed topics)
-    # The events and late ones, in offset order, as the Arrow columns they were decoded from (a `pa.Table`),
+    # The events and late ones, in offset order, as the Arrow columns they were decoded from (a `pa.RecordBatch`),
     # when all were decoded in bulk: the event log writes these instead of converting the records back.
     columns: Any = None
 

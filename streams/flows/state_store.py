@@ -108,8 +108,7 @@ class SegmentStore:
         return frozen, opened, high
 
     def _lost(self, what: str) -> RecoveryError:
-        return RecoveryError(f"{what}. To start over, delete {self.root.parent} (the flow then rebuilds its state "
-                             "from the topics' retained events).")
+        return RecoveryError.start_over(what, str(self.root.parent))
 
     def clean(self) -> None:
         """Delete the files of this shard that the current manifest does not name (all, before a first save)."""

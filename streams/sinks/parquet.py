@@ -17,7 +17,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -186,25 +185,23 @@ class EventLogWriter:
         if batch.late:
             records = sorted(records + [(o, r, True) for o, r in batch.late], key=lambda x: x[0])
         offsets: list[int] = []
-        rows: list[dict[str, Any]] = []
         late: list[bool] = []
         kept: list[int] = []  # positions in `records` (and in `batch.columns`) of the rows written
-        for position, (offset, record, is_late) in enumerate(records):
+        for position, (offset, _, is_late) in enumerate(records):
             if offset <= self._upto:
                 continue  # already written (or buffered): Bytewax re-sends after a restart
             self._upto = offset
             offsets.append(offset)
-            rows.append(record)
             late.append(is_late)
             kept.append(position)
-        if rows:
+        if kept:
             if not self._buffered:
                 self._first, self._first_at = offsets[0], time.monotonic()
             if batch.columns is not None:  # the decoded columns themselves: no conversion back from the rows
                 columns = batch.columns if len(kept) == len(records) else batch.columns.take(kept)
                 table = pa.Table.from_batches([columns]).cast(self._record_schema)
             else:
-                table = pa.Table.from_pylist(rows, schema=self._record_schema)
+                table = pa.Table.from_pylist([records[p][1] for p in kept], schema=self._record_schema)
             self._add_table(table, offsets, late, batch)
         if self._buffered >= self.max_rows or (self._buffered and time.monotonic() - self._first_at > self.max_age_s):
             self.flush()

@@ -19,8 +19,8 @@ import redis
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.keys import TS_FIELD, encode_value, feature_key
 from streams.features.namespaces import write_targets
-from streams.features.shard import EntityWrites
-from streams.features.state import engine_from_env, native_state
+from streams.features.shard import PLANS, EntityWrites
+from streams.features.state import native_state
 from streams.flows import metrics
 from streams.runtime.logging import get_logger
 from streams.sinks.background import BackgroundWriter, ShardedSink
@@ -70,8 +70,9 @@ def _encode_rows(rows: list[tuple[str, int, dict[str, Any]]], names: list[str], 
     return out
 
 
-# The same, compiled (the Redis writer's thread holds the GIL while it packs: time the flow waits for)
-encode_rows = native_state.encode_rows if engine_from_env() == "native" else _encode_rows
+# The same, compiled, with the flow's engine (the Redis writer's thread holds the GIL while it packs: time the
+# flow waits for)
+encode_rows = native_state.encode_rows if PLANS[ENTITIES[0].name].native is not None else _encode_rows
 
 
 class FeatureWriter:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.topics import CDC_USERS, CLICKSTREAM
 from streams.features.definitions import ENTITIES, ITEM, USER, features_of
-from streams.features.state import NOT_NULL, EntityPlan, EntityState, native_state
+from streams.features.state import NOT_NULL, EntityPlan, EntityState, engine_from_env, native_state
 from tests.oracle import expected_features
 
 PLANS = {e.name: EntityPlan(e, engine="python") for e in ENTITIES}  # the reference
@@ -92,6 +92,15 @@ def test_ctr_is_clicks_over_views_and_zero_without_views(engine):
     assert _fold([(CLICKSTREAM.name, e) for e in events], plans)[("item", "i")]["ctr_1h"] == 0.25
     only_click = _fold([(CLICKSTREAM.name, events[-1])], plans)[("item", "i")]
     assert only_click["ctr_1h"] == 0.0
+
+
+def test_the_native_engine_is_built(monkeypatch):
+    """`pip install` builds it when a C++ compiler is present (.ci/run installs g++): the flow's speed needs it.
+    (Here, not in test_native_state.py, whose tests are skipped when it is missing.)"""
+    assert native_state is not None, "streams/features/native_state.pyx was not built: apt-get install g++, then " \
+                                     "pip install -e . again"
+    monkeypatch.delenv("STREAMML_FEATURES_ENGINE", raising=False)  # the default picks it
+    assert engine_from_env() == "native"
 
 
 def test_plans_cover_every_feature_once():
