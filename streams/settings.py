@@ -146,8 +146,10 @@ class FeatureFlowSettings(Settings):
     features_shards: int = Field(16, ge=1, description="State shards per entity (Bytewax keys).")
     features_lateness_s: float = Field(300.0, ge=0, description="Allowed lateness; later events go to the DLQ.")
     features_epoch_s: float = Field(10.0, gt=0, description="Snapshot (epoch) interval; also the Parquet flush cadence.")
-    features_batch_size: int = Field(5000, ge=1, description="Max records per poll (one consumer per worker "
-                                                              "reads all its partitions) and per partition batch.")
+    features_batch_size: int = Field(
+        20000, ge=1, description="Max records per poll (one consumer per worker reads all its partitions) and per "
+                                 "partition batch. Only a backlog fills a poll; larger ones coalesce more writes per "
+                                 "key: catching up ran 39k ev/s at 5000, 44k at 10000, 48k at 20000 and 40000.")
     features_fetch_wait_ms: int = Field(
         10, ge=0, description="fetch.wait.max.ms of the flow's consumer. Tansu holds an empty fetch this long even "
                               "when data arrives, so it bounds added latency there; Apache Kafka answers as soon as "

@@ -62,7 +62,7 @@ class SourceConfig:
     windowed_topics: frozenset[str]
     lateness_ms: int
     group_id: str = "streamml-features"
-    batch_size: int = 5000
+    batch_size: int = 20000
     publish_position_s: float = 1.0
     fetch_wait_ms: int = 10  # fetch.wait.max.ms (STREAMML_FEATURES_FETCH_WAIT_MS)
 

@@ -29,7 +29,7 @@ class SharedConsumer:
     """A consumer whose partitions are assigned, read, sought and released one by one. Not thread-safe:
     use `for_thread`, which gives each thread its own."""
 
-    def __init__(self, config: dict[str, Any], batch_size: int = 5000, poll_s: float = 0.005,
+    def __init__(self, config: dict[str, Any], batch_size: int = 20000, poll_s: float = 0.005,
                  max_buffered: int | None = None):
         self._config = config
         self._batch_size = batch_size
