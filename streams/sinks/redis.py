@@ -70,9 +70,22 @@ def _encode_rows(rows: list[tuple[str, int, dict[str, Any]]], names: list[str], 
     return out
 
 
-# The same, compiled, with the flow's engine (the Redis writer's thread holds the GIL while it packs: time the
-# flow waits for)
-encode_rows = native_state.encode_rows if PLANS[ENTITIES[0].name].native is not None else _encode_rows
+def _encode_payload(rows: list[tuple[str, int, dict[str, Any]]], names: list[str], ttl_ms: int) -> bytes:
+    """The script's ARGV[1] for `rows`."""
+    return orjson.dumps(_encode_rows(rows, names, ttl_ms))
+
+
+def _pack_cas_call(sha: bytes, rows: list[tuple[str, int, dict[str, Any]]], prefix: str, payload: bytes) -> bytes:
+    """One EVALSHA of the script for `rows`, whose keys are `prefix` + entity id, in RESP."""
+    return hiredis.pack_command((b"EVALSHA", sha, str(len(rows)), *[prefix + eid for eid, _, _ in rows], payload))
+
+
+# The same two, compiled, with the flow's engine: the Redis writer's thread holds the GIL while it packs (time the
+# flow waits for), and the compiled ones write the bytes straight from the values, without a string per value.
+if PLANS[ENTITIES[0].name].native is not None:
+    encode_payload, pack_cas_call = native_state.encode_payload, native_state.pack_cas_call
+else:
+    encode_payload, pack_cas_call = _encode_payload, _pack_cas_call
 
 
 class FeatureWriter:
@@ -138,12 +151,11 @@ class FeatureWriter:
         commands = []
         for batch in batches:
             names, ttl = _NAMES[batch.entity], _TTL_MS[batch.entity]
+            prefixes = [feature_key(batch.entity, "", ns) for ns in targets]
             for start in range(0, len(batch.rows), ROWS_PER_CALL):
                 chunk = batch.rows[start:start + ROWS_PER_CALL]
-                payload, count = orjson.dumps(encode_rows(chunk, names, ttl)), str(len(chunk))
-                for ns in targets:
-                    keys = [feature_key(batch.entity, eid, ns) for eid, _, _ in chunk]
-                    commands.append(hiredis.pack_command((b"EVALSHA", sha, count, *keys, payload)))
+                payload = encode_payload(chunk, names, ttl)
+                commands.extend(pack_cas_call(sha, chunk, prefix, payload) for prefix in prefixes)
         pool = self._client.connection_pool
         conn = pool.get_connection()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import struct
 import zlib
 from unittest.mock import patch
 
@@ -196,11 +197,40 @@ def test_compiled_routing_splits_a_batch_as_the_reference_does(ids, shards, cdc)
 
 @given(st.lists(st.tuples(st.text(max_size=5), st.integers(0, 2**60), st.dictionaries(
     st.sampled_from(["clicks_5m", "views_1h", "tier", "spend_24h", "ctr_1h"]),
-    st.one_of(st.floats(allow_nan=True), st.integers(-2**70, 2**70), st.text(max_size=8)))), max_size=20))
-@settings(max_examples=100, deadline=None)
-def test_compiled_redis_payloads_encode_as_the_reference(rows):
-    """Floats by repr (nan, inf, -0.0 and all), ints and strings by str, absent features listed in order."""
+    st.one_of(st.floats(allow_nan=True), st.integers(-2**70, 2**70), st.text(max_size=8), st.booleans(), st.none()))),
+    max_size=20), st.sampled_from(["", "blue"]))
+@settings(max_examples=200, deadline=None)
+def test_compiled_redis_commands_are_the_references_bytes(rows, namespace):
+    """Floats by repr (nan, inf, -0.0 and all), the rest by str, JSON escaped as orjson does (quotes, backslashes,
+    control characters, UTF-8), absent features listed in order; the EVALSHA framed as hiredis frames it."""
+    from streams.features.keys import feature_key
     from streams.sinks import redis as redis_sink
 
     names = ["clicks_5m", "views_1h", "tier", "spend_24h", "ctr_1h", "last_event_ts"]
-    assert native_state.encode_rows(rows, names, 604_800_000) == redis_sink._encode_rows(rows, names, 604_800_000)
+    payload = native_state.encode_payload(rows, names, 604_800_000)
+    assert payload == redis_sink._encode_payload(rows, names, 604_800_000)
+    prefix = feature_key("user", "", namespace)
+    assert native_state.pack_cas_call(b"f" * 40, rows, prefix, payload) == redis_sink._pack_cas_call(
+        b"f" * 40, rows, prefix, payload)
+
+
+def test_compiled_payloads_escape_every_control_character():
+    from streams.sinks import redis as redis_sink
+
+    rows = [("u1", 7, {"tier": "".join(map(chr, range(0x80))) + 'é€😀"\\', "spend_24h": -0.0})]
+    assert native_state.encode_payload(rows, ["tier"], 1) == redis_sink._encode_payload(rows, ["tier"], 1)
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+@settings(max_examples=500, deadline=None)
+def test_compiled_float_text_is_repr(value):
+    assert native_state.float_repr(value) == repr(value)
+
+
+def test_compiled_float_text_is_repr_over_random_bit_patterns_and_decimals():
+    """Every exponent and digit count (fixed notation from 1e-4 up to 1e16, exponents from two to three digits)."""
+    rnd = random.Random(7)
+    values = [struct.unpack("<d", struct.pack("<Q", rnd.getrandbits(64)))[0] for _ in range(100_000)]
+    values += [rnd.randrange(10**rnd.randrange(1, 18)) * 10.0 ** rnd.randrange(-25, 25) for _ in range(100_000)]
+    values += [0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 1e-4, 1e-5, 5e-324, 1.7976931348623157e308]
+    assert [v for v in values if native_state.float_repr(v) != repr(v)] == []
