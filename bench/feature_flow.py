@@ -3,10 +3,10 @@
 Starts its own Tansu, Redis and registry on free ports, pre-produces N events over U users, then
 measures (1) the ceiling: one confluent-kafka consumer + fastavro decode loop over all events,
 (1b) the flow's stateless part: its own source, routing and event log in Bytewax, with no feature state and
-no Redis (what a faster state engine could approach), (2) the flow: time until Redis reflects every event,
-(3) freshness at a fixed rate, from the producer's timestamp to the Redis write, (4) the flow again with
-2 processes, and (5) freshness at the same fixed rate into a new flow on a new, empty broker (no inherited
-state, no held records).
+no Redis (what a faster state engine could approach), (2) the flow: time from its first poll until Redis
+reflects every event, (3) freshness at a fixed rate, from the producer's timestamp to the Redis write, (4) the
+flow again with 2 processes, and (5) freshness at the same fixed rate into a new flow on a new, empty broker
+(no inherited state, no held records).
 Prints one JSON object.
 """
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.errors import ValidationError
-from schemas.topics import CDC_TOPICS, CLICKSTREAM, TopicSpec
+from schemas.topics import CDC_TOPIC_NAMES, CLICKSTREAM, TopicSpec
 
 MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake (seconds, not ms)
 MAX_FUTURE_MS = 3_600_000  # event times more than 1 h ahead of the wall clock are refused
@@ -24,9 +24,9 @@ def validate(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> None:
         raise ValidationError("bad_timestamp", f"{spec.time_field}={ts!r} is before 2000-01-01 (ms expected)")
     if ts > now_ms + MAX_FUTURE_MS:
         raise ValidationError("future_timestamp", f"{spec.time_field}={ts} is more than 1 h in the future")
-    if spec == CLICKSTREAM:
+    if spec.name == CLICKSTREAM.name:  # by name: comparing the specs field by field ran per record (~1% of the flow)
         _clickstream(record)
-    elif spec in CDC_TOPICS:
+    elif spec.name in CDC_TOPIC_NAMES:
         _cdc(spec, record)
 
 
