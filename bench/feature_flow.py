@@ -112,6 +112,7 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: i
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
     from streams.features.shard import WINDOWED_TOPICS, route
+    from streams.flows.features import source_fields
     from streams.flows.source import EventSource, SourceConfig
     from streams.settings import FeatureFlowSettings
     from streams.sinks.parquet import EventLogSink
@@ -134,7 +135,7 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: i
     flow = Dataflow("stateless")
     source = SourceConfig({"bootstrap.servers": bootstrap}, registry_url, (CLICKSTREAM,), WINDOWED_TOPICS,
                           int(settings.features_lateness_s * 1000), group_id="bench-stateless",
-                          batch_size=settings.features_batch_size)
+                          batch_size=settings.features_batch_size, fields=source_fields((CLICKSTREAM,)))
     batches = op.input("kafka", flow, EventSource(source))
     keyed = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
     parts = [f"{CLICKSTREAM.name}:{p}" for p in range(partitions)]

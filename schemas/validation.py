@@ -15,6 +15,15 @@ MIN_TS_MS = 946_684_800_000  # 2000-01-01: anything earlier is a unit mistake (s
 MAX_FUTURE_MS = 3_600_000  # event times more than 1 h ahead of the wall clock are refused
 _ITEM_EVENTS = {"click", "add_to_cart", "purchase"}
 _CDC_OPS = {"c", "u", "d", "r"}
+# The fields each topic's rules read besides its time field, so that a reader may decode no more of a record
+# (tests/unit/test_validation_fields.py holds `validate` to it). Topics not named here: their rules read it all.
+RULE_FIELDS = {CLICKSTREAM.name: frozenset({"user_id", "price", "event_type", "item_id"})}
+
+
+def fields_read(spec: TopicSpec) -> frozenset[str] | None:
+    """The fields of `spec`'s records that `validate` reads; None: it may read any."""
+    fields = RULE_FIELDS.get(spec.name)
+    return None if fields is None else fields | {spec.time_field}
 
 
 def validate(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> None:

@@ -19,8 +19,14 @@ from streams.features.state import EntityPlan, EntityState, native_state
 from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
+TIME_FIELD = "ts"  # a windowed-source event's time, as `apply` reads it (and native_state.fold_events)
 # Topics whose events feed windows (the lateness rule applies to them): derived from the feature list.
 WINDOWED_TOPICS = frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
+# What `route` and `ShardState.apply` read of a windowed topic's events: every entity's id field, the time, and
+# each plan's fields. A source may drop the rest (tests/unit/test_validation_fields.py checks both read no more).
+EVENT_FIELDS = {t: frozenset({TIME_FIELD, *(e.id_field(t) for e in ENTITIES if e.id_field(t) is not None),
+                              *(f for plan in PLANS.values() if t in plan.windowed_sources for f in plan.event_fields)})
+                for t in WINDOWED_TOPICS}
 SEAL_CHUNK = 1024  # final log entries are pickled in chunks of this many, between batches
 
 
@@ -200,7 +206,7 @@ class ShardState:
                     state = states.get(eid)
                     if state is None:
                         state = states[eid] = plan.new_state()
-                    ts = record["ts"]
+                    ts = record[TIME_FIELD]
                     before = state.ts // period
                     if ts // period > before:
                         if eid in touched:

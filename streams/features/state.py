@@ -208,6 +208,20 @@ class EntityPlan:
         exec(compile(source, f"<apply {self.entity.name} {label}>", "exec"), env)  # noqa: S102
         return env["apply"]
 
+    @cached_property
+    def event_fields(self) -> frozenset[str]:
+        """The fields of a windowed-source event that `apply_event` reads (filters, values, distinct values, the
+        session; the event type, which groups columns): with the entity id and the time, what it needs of one."""
+        fields = {"event_type"} if self.filtered_types else set()
+        for c in self.columns:
+            fields.update(name for name, _ in c.where)
+            if c.value_field is not None:
+                fields.add(c.value_field)
+        fields.update(f.value_field for f, _ in self.distinct)
+        if self.session_field is not None:
+            fields.add(self.session_field)
+        return frozenset(fields)
+
     def columns_for(self, event_type: Any) -> list[_Column]:
         cols = self.columns_by_type.get(event_type)
         if cols is None:

@@ -23,9 +23,11 @@ from confluent_kafka.admin import AdminClient
 
 from schemas.errors import RecoveryError
 from schemas.topics import TopicSpec
+from schemas.validation import fields_read
 from streams.features.definitions import ENTITIES, source_topics
 from streams.features.keys import namespace_prefix
 from streams.features.shard import (
+    EVENT_FIELDS,
     PLANS,
     SEAL_CHUNK,
     WINDOWED_TOPICS,
@@ -179,12 +181,24 @@ class FlowConfig:
                    s.features_epoch_s)
 
 
+def source_fields(topics: tuple[TopicSpec, ...]) -> dict[str, frozenset[str]]:
+    """Per source topic, the fields the flow reads of its events (validation, routing, feature state): what the
+    source keeps of records decoded in bulk. Topics whose events something reads whole are left out."""
+    out = {}
+    for spec in topics:
+        rules, state = fields_read(spec), EVENT_FIELDS.get(spec.name)
+        if rules is not None and state is not None:
+            out[spec.name] = rules | state
+    return out
+
+
 def build_flow(cfg: FlowConfig) -> Dataflow:
     topics = cfg.topics or source_topics()
     metadata = AdminClient(cfg.kafka).list_topics(timeout=10)
     parts = [f"{t.name}:{p}" for t in topics if t.name in metadata.topics for p in metadata.topics[t.name].partitions]
     source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, WINDOWED_TOPICS, cfg.lateness_ms,
-                                      batch_size=cfg.batch_size, fetch_wait_ms=cfg.fetch_wait_ms))
+                                      batch_size=cfg.batch_size, fetch_wait_ms=cfg.fetch_wait_ms,
+                                      fields=source_fields(topics)))
     shards = cfg.shards
 
     flow = Dataflow("streamml-features")

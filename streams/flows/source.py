@@ -15,7 +15,7 @@ flow; the recovery store, not the group, is what a restart resumes from.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,9 @@ class SourceBatch:
 
     topic: str
     partition: int
-    events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (offset, record)
+    # (offset, record). A poll decoded in bulk keeps only the fields the flow reads of each record (`SourceConfig.fields`;
+    # the event log writes `columns`, which hold them all).
+    events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     late: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # decoded but too late
     dead: list[DeadLetter] = field(default_factory=list)
     max_kafka_ts: int = 0  # newest producer timestamp (ms) in the batch, for freshness
@@ -65,6 +67,7 @@ class SourceConfig:
     batch_size: int = 20000
     publish_position_s: float = 1.0
     fetch_wait_ms: int = 10  # fetch.wait.max.ms (STREAMML_FEATURES_FETCH_WAIT_MS)
+    fields: Mapping[str, frozenset[str]] = field(default_factory=dict)  # topic -> the fields its events need
 
 
 def _invalid(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> ValidationError | None:
@@ -87,17 +90,19 @@ class PollRead:
 
 
 def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool, lateness_ms: int,
-              high: int | None, msgs: Sequence[Any], now_ms: int) -> PollRead:
+              high: int | None, msgs: Sequence[Any], now_ms: int, fields: frozenset[str] | None = None) -> PollRead:
     """Decode one poll's messages together and sort them into events, late events and dead letters, in offset
     order. Messages with a fetch error are skipped (librdkafka retries them); a registry outage stops the
-    read at the first value it concerns, to be retried, never dead-lettered."""
+    read at the first value it concerns, to be retried, never dead-lettered. `fields`: what the records of a
+    poll decoded in bulk keep (the poll's columns hold every field); None: every field."""
     batch = SourceBatch(spec.name, partition, ingest_ms=now_ms)
     time_field = spec.time_field
     last = retry_at = None
     fetched = [msg for msg in msgs if msg.error() is None]
     values = [msg.value() for msg in fetched]
     decoded = serde.deserialize_many(values, report_outage=True)
-    outcomes = decoded.outcomes(len(values))
+    bulk = len(decoded.columns) == 1 and not decoded.records  # all that decoded, decoded in bulk
+    outcomes = decoded.outcomes(len(values), fields if bulk else None)
     logged: list[int] = []  # positions in `values` of the events and late ones
     for position, (msg, value, record) in enumerate(zip(fetched, values, outcomes, strict=True)):
         offset = msg.offset()
@@ -128,7 +133,7 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
         logged.append(position)
         batch.events.append((offset, record))
     batch.high = high if windowed else None
-    if logged and len(decoded.columns) == 1 and not decoded.records:  # all that decoded, decoded in bulk
+    if logged and bulk:
         indices, columns = decoded.columns[0]
         row = dict(zip(indices, range(len(indices))))
         batch.columns = columns.take([row[p] for p in logged])
@@ -166,7 +171,7 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
             self._publish_position(False)
             return []
         read = read_poll(self._spec, self._partition, self._serde, self._windowed, self._config.lateness_ms,
-                         self._high_ts, msgs, int(time.time() * 1000))
+                         self._high_ts, msgs, int(time.time() * 1000), self._config.fields.get(self._spec.name))
         batch, high = read.batch, read.high
         self._high_ts = high
         if read.retry_at is not None:

@@ -16,7 +16,7 @@ from schemas.codec import AvroCodec, frame
 from schemas.errors import DecodeError, RegistryError
 from schemas.serde import TopicSerde
 from schemas.topics import CLICKSTREAM
-from schemas.validation import validate
+from schemas.validation import fields_read, validate
 from streams.flows import source
 from streams.flows.source import read_poll
 from streams.kafka.dlq import DeadLetter
@@ -172,3 +172,23 @@ def test_a_poll_decoded_one_by_one_carries_no_columns(monkeypatch: pytest.Monkey
     assert _read(msgs, Registry()).batch.columns is None  # under BULK_MIN: decoded value by value
     monkeypatch.setattr(serde_module, "BULK_MIN", 4)
     assert _read(msgs, Registry()).batch.columns is not None
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_poll_decoded_in_bulk_keeps_only_the_fields_asked_for(corrupt: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records of a bulk-decoded poll keep `fields` (the columns keep all, for the event log); the same events,
+    late ones, dead letters and columns as a full read. One decoded value by value keeps every field."""
+    monkeypatch.setattr(serde_module, "BULK_MIN", 64)
+    msgs = [Msg(o, _good(o)) for o in range(70)] + [Msg(70, None), Msg(73, frame(CLICK_ID, CODEC.encode(
+        _event(73, user_id="")))), Msg(74, _good(74)[:-3] if corrupt else _good(74)),
+        Msg(75, frame(CLICK_ID, CODEC.encode(_event(75, ts=T0 - 10 * LATENESS_MS))))]
+    fields = fields_read(CLICKSTREAM)  # what validation reads, at least: user_id, event_type, item_id, price, ts
+    now = int(time.time() * 1000)
+    full = read_poll(CLICKSTREAM, 0, TopicSerde(CLICKSTREAM, Registry()), True, LATENESS_MS, None, msgs, now).batch
+    part = read_poll(CLICKSTREAM, 0, TopicSerde(CLICKSTREAM, Registry()), True, LATENESS_MS, None, msgs, now,
+                     fields).batch
+    keep = (lambda r: r) if corrupt else (lambda r: {k: v for k, v in r.items() if k in fields})
+    assert part.events == [(o, keep(r)) for o, r in full.events] and len(part.events) == 71 - corrupt
+    assert part.late == [(o, keep(r)) for o, r in full.late] and [o for o, _ in part.late] == [75]
+    assert part.dead == full.dead and part.high == full.high
+    assert (part.columns is None) == corrupt and (corrupt or part.columns.equals(full.columns))
