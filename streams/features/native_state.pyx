@@ -714,8 +714,13 @@ cdef extern from *:
         }
         return len;
     }
+    /* str(v) of an int into out (at least 21 bytes), its length (to_chars: several times snprintf's speed). */
+    static int streamml_int_text(long long v, char* out) {
+        return (int)(std::to_chars(out, out + 21, v).ptr - out);
+    }
     """
     int streamml_float_repr(double v, char* out) noexcept
+    int streamml_int_text(long long v, char* out) noexcept
 
 
 def float_repr(double value) -> str:
@@ -784,12 +789,7 @@ cdef int _json_value(string& buf, object value) except -1:
 
 cdef inline void _put_decimal(string& buf, int64_t v):
     cdef char digits[24]
-    cdef int n = snprintf(digits, sizeof(digits), "%lld", <long long>v)
-    buf.append(digits, n)
-
-
-cdef extern from "<stdio.h>":
-    int snprintf(char* s, size_t n, const char* fmt, ...)
+    buf.append(digits, streamml_int_text(v, digits))
 
 
 def encode_payload(list rows, list names, int64_t ttl_ms) -> bytes:
