@@ -10,12 +10,16 @@ without pickle: it runs for every entity a micro-batch changed.
 """
 
 cimport cython
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
 from libc.string cimport memcpy
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
 import pickle
+
+
+cdef extern from "Python.h":
+    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 cdef enum:
     MAGIC = 0x4E  # first byte of a frozen native state ("N"); a pickle starts with 0x80
@@ -163,6 +167,10 @@ cdef class NativeState:
     cdef vector[Py_ssize_t] summed
     cdef list seen  # per distinct feature: {value: latest tile}
     cdef dict sessions  # session id -> (events, max ts): tuples, which the GC stops tracking, unlike lists
+    # At most the oldest tile in each distinct set, and the oldest max ts among the sessions (INT64_MIN: unknown):
+    # an evaluation below them has nothing to prune and skips the walk. Not in snapshots (unknown after a thaw).
+    cdef vector[int64_t] seen_floor
+    cdef int64_t session_floor
     cdef public object session
     cdef public object attrs
 
@@ -176,6 +184,8 @@ cdef class NativeState:
         self.summed.assign(plan.nwin, 0)
         self.seen = [{} for _ in range(plan.ndist)]
         self.sessions = {}
+        self.seen_floor.assign(plan.ndist, INT64_MIN)
+        self.session_floor = INT64_MIN
         self.session = None
         self.attrs = None
 
@@ -265,12 +275,16 @@ cdef class NativeState:
             prev = seen.get(v)
             if prev is None or <int64_t>prev < i:
                 seen[v] = i
+                if prev is None and i < self.seen_floor[k]:
+                    self.seen_floor[k] = i
         if p.session_field is not None:
             sid = event.get(p.session_field)
             if sid is not None:
                 entry = self.sessions.get(sid)
                 if entry is None:
                     self.sessions[sid] = (1, ts)
+                    if ts < self.session_floor:
+                        self.session_floor = ts
                 else:
                     self.sessions[sid] = (entry[0] + 1, ts if ts > entry[1] else entry[1])
         return 0
@@ -325,7 +339,7 @@ cdef class NativeState:
                 self.summed[slot] = n - 1
             for c in range(w):
                 totals[base + c] = sums[0][c] + vals[0][(n - 1) * w + c] if n else 0.0
-        out = {}
+        out = _PyDict_NewPresized(p.nout)  # no resize as it fills
         attrs = None
         for k in range(p.nout):
             kind = p.out_kind[k]
@@ -361,17 +375,36 @@ cdef class NativeState:
 
     cdef Py_ssize_t _distinct(self, Py_ssize_t k, int64_t t) except -1:
         cdef int64_t lo = _tile(t, self.plan.d_tile_ms[k]) - self.plan.d_tiles[k]
+        cdef int64_t floor = INT64_MAX
         seen = <dict>self.seen[k]
-        stale = [v for v, i in seen.items() if <int64_t>i <= lo]
+        if self.seen_floor[k] > lo:  # no tile in the set is that old
+            return len(seen)
+        stale = []
+        for v, i in seen.items():
+            if <int64_t>i <= lo:
+                stale.append(v)
+            elif <int64_t>i < floor:
+                floor = i
         for v in stale:
             del seen[v]
+        self.seen_floor[k] = floor
         return len(seen)
 
     cdef _prune_sessions(self):
+        cdef int64_t horizon, floor = INT64_MAX
         if len(self.sessions) > 1:
             horizon = self.t - self.plan.day_ms
-            for sid in [s for s, entry in self.sessions.items() if entry[1] < horizon and s != self.session]:
+            if self.session_floor >= horizon:  # no session ended that long ago
+                return
+            stale = []
+            for sid, entry in self.sessions.items():
+                if <int64_t>(<tuple>entry)[1] < horizon and sid != self.session:
+                    stale.append(sid)
+                elif <int64_t>(<tuple>entry)[1] < floor:
+                    floor = (<tuple>entry)[1]
+            for sid in stale:
                 del self.sessions[sid]
+            self.session_floor = floor
 
     def dump(self) -> tuple:
         """The reference's `EntityState.dump()` layout (t, cdc_ts, rows, seen, sessions, session, attrs): what the
