@@ -637,6 +637,39 @@ def evaluate(dict touched) -> list:
     return out
 
 
+def log_rows(list rows, dict pending, dict live, int64_t period, object cap, int64_t high) -> int:
+    """`ShardState._log` of each (entity id, event time, values) row, compiled; returns the shard's new high."""
+    cdef int64_t ts, k, moved, last = -1
+    cdef bint first = True
+    cdef int64_t limit = 0 if cap is None else cap
+    cdef dict window = None, names = None
+    for row in rows:
+        eid, ts = (<tuple>row)[0], (<tuple>row)[1]
+        moved = ts if cap is None or ts < limit else limit
+        if moved > high:
+            high = moved
+        k = ts // period  # Python's floor division (cdivision is off)
+        if first or k != last:
+            first, last = False, k
+            found = pending.get(k)
+            if found is None:
+                window, names = {}, {}
+                pending[k], live[k] = window, names
+            else:
+                window, names = <dict>found, <dict>live[k]
+        window[eid] = (ts, (<tuple>row)[2])
+        names[eid] = None
+    return high
+
+
+def mark_dirty(dict touched, dict dirty, stamp) -> None:
+    """Move each entity of `touched` to the back of `dirty`, stamped (`ShardState.apply`'s last loop, compiled)."""
+    for eid in touched:
+        if eid in dirty:
+            del dirty[eid]
+        dirty[eid] = stamp
+
+
 cdef uint32_t _CRC[256]
 
 

@@ -218,10 +218,13 @@ class ShardState:
                         self._seal(eid, before)
                     state.apply_event(plan, record, ts)
                     touched[eid] = state
-        if plan.native is not None:
+        if plan.native is not None:  # the loops below, compiled
             rows = native_state.evaluate(touched)
-        else:
-            rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
+            self.high = native_state.log_rows(rows, self.pending, self._live, period, self._high_cap, self.high)
+            self.seal(SEAL_CHUNK)
+            native_state.mark_dirty(touched, self._dirty, self.clock)
+            return EntityWrites(self.entity, rows, max_kts)
+        rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
         for eid, ts, values in rows:
             self._log(eid, ts, values)
         self.seal(SEAL_CHUNK)  # final entries pickled as they come, so few are left for the snapshot
