@@ -168,7 +168,8 @@ cdef class NativeState:
     cdef list seen  # per distinct feature: {value: latest tile}
     cdef dict sessions  # session id -> (events, max ts): tuples, which the GC stops tracking, unlike lists
     # At most the oldest tile in each distinct set, and the oldest max ts among the sessions (INT64_MIN: unknown):
-    # an evaluation below them has nothing to prune and skips the walk. Not in snapshots (unknown after a thaw).
+    # an evaluation below them has nothing to prune and skips the walk. Not in snapshots (unknown after a thaw:
+    # `_forget_floors`).
     cdef vector[int64_t] seen_floor
     cdef int64_t session_floor
     cdef public object session
@@ -188,8 +189,8 @@ cdef class NativeState:
         self.summed.assign(plan.nwin, 0)
         self.seen = [{} for _ in range(plan.ndist)]
         self.sessions = {}
-        self.seen_floor.assign(plan.ndist, INT64_MIN)
-        self.session_floor = INT64_MIN
+        self.seen_floor.assign(plan.ndist, INT64_MAX)  # empty: nothing to prune
+        self.session_floor = INT64_MAX
         self.session = None
         self.attrs = None
         self.key = None
@@ -423,8 +424,14 @@ cdef class NativeState:
         return (self.t, self.cdc_ts, rows, [dict(s) for s in self.seen],
                 {sid: list(entry) for sid, entry in self.sessions.items()}, self.session, self.attrs)
 
+    cdef void _forget_floors(self) noexcept:
+        """After a thaw: the first evaluation walks the sets and sessions and finds the floors again."""
+        self.seen_floor.assign(self.plan.ndist, INT64_MIN)
+        self.session_floor = INT64_MIN
+
     cdef _load_tuple(self, tuple data):
         cdef Py_ssize_t slot
+        self._forget_floors()
         t, cdc_ts, rows, seen, sessions, session, attrs = data
         self.t, self.cdc_ts = t, cdc_ts
         for slot in range(self.plan.nwin):
@@ -494,6 +501,7 @@ cdef class NativeState:
     cdef _unpack(self, const unsigned char[:] data):
         cdef _Reader r = _Reader(data)
         cdef Py_ssize_t slot, n, k, w
+        self._forget_floors()
         if data.shape[0] < 2 or data[0] != MAGIC or data[1] != VERSION:
             raise ValueError("not a frozen native entity state (or a newer version of it)")
         r.pos = 2
