@@ -171,7 +171,8 @@ def test_a_poll_decoded_one_by_one_carries_no_columns(monkeypatch: pytest.Monkey
     msgs = [Msg(o, _good(o)) for o in range(10)]
     assert _read(msgs, Registry()).batch.columns is None  # under BULK_MIN: decoded value by value
     monkeypatch.setattr(serde_module, "BULK_MIN", 4)
-    assert _read(msgs, Registry()).batch.columns is not None
+    columns = _read(msgs, Registry()).batch.columns  # every value logged: the decoded columns as they are
+    assert columns is not None and columns.column("event_id").to_pylist() == [f"e{o}" for o in range(10)]
 
 
 @pytest.mark.parametrize("corrupt", [False, True])
