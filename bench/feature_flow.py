@@ -38,7 +38,9 @@ from schemas.registry import RegistryClient  # noqa: E402
 from schemas.serde import TopicSerde  # noqa: E402
 from schemas.topics import CLICKSTREAM, all_topic_names  # noqa: E402
 from streams.features.keys import feature_key  # noqa: E402
+from streams.features.state import engine_from_env  # noqa: E402
 from streams.kafka.admin import ensure_topics  # noqa: E402
+from streams.settings import FeatureFlowSettings  # noqa: E402
 from tests.servers import ServerProcess, free_port, start_redis, start_tansu, wait_for  # noqa: E402
 
 KINDS = ["page_view"] * 50 + ["click"] * 25 + ["add_to_cart"] * 10 + ["purchase"] * 5 + ["search"] * 10
@@ -114,7 +116,6 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: i
     from streams.features.shard import WINDOWED_TOPICS, route
     from streams.flows.features import source_fields
     from streams.flows.source import EventSource, SourceConfig
-    from streams.settings import FeatureFlowSettings
     from streams.sinks.parquet import EventLogSink
 
     settings = FeatureFlowSettings()  # the flow's defaults: shards, lateness, batch size, epoch
@@ -389,8 +390,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-flow-"))
     servers = start_servers(work, args.partitions)
     bootstrap, registry_url = servers.bootstrap, servers.registry_url
+    settings = FeatureFlowSettings()  # what the flows below run with (they inherit this environment)
     result: dict = {"benchmark": "feature_flow", "events": args.events, "users": args.users,
-                    "partitions": args.partitions}
+                    "partitions": args.partitions, "poll_records": settings.features_batch_size,
+                    "shards": settings.features_shards, "engine": engine_from_env()}
     procs: list[subprocess.Popen] = []
     try:
         serde, rnd, records, last_ts, result["produce_s"] = preproduce(bootstrap, registry_url, args)
