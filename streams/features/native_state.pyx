@@ -610,8 +610,8 @@ cdef class _Reader:
         return b
 
 
-def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict touched, dict pending, dict moved,
-                log) -> None:
+def fold_events(NativePlan plan, dict states, list rows, str time_field, int64_t period, dict touched, dict pending,
+                dict moved, log) -> None:
     """`ShardState.apply`'s loop over one windowed-source input, compiled: the same steps as its reference loop
     in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to)."""
     cdef NativeState state
@@ -628,7 +628,7 @@ def fold_events(NativePlan plan, dict states, list rows, int64_t period, dict to
                 state.key = eid
             else:
                 eid = state.key
-        ts = (<dict>record)["ts"]
+        ts = (<dict>record)[time_field]
         now = state._ts()
         before = now // period
         if ts // period > before:

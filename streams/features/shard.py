@@ -13,13 +13,21 @@ from dataclasses import dataclass, field
 from itertools import islice, takewhile
 from typing import Any
 
+from schemas.errors import ConfigError
 from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import ENTITIES
 from streams.features.state import EntityPlan, EntityState, native_state
 from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
-TIME_FIELD = "ts"  # a windowed-source event's time, as `apply` reads it (and native_state.fold_events)
+ENGINE = PLANS[ENTITIES[0].name].engine  # the flow's feature-state engine (every plan is built with the same)
+# A windowed-source event's time, as `apply` reads it: the time field its topic declares (one for them all).
+_TIME_FIELDS = {f.source.time_field for plan in PLANS.values() for f in plan.features
+                if f.source.name in plan.windowed_sources}
+if len(_TIME_FIELDS) > 1:
+    raise ConfigError(f"the windowed source topics name their event time differently ({sorted(_TIME_FIELDS)}): "
+                      "give them one time field")
+TIME_FIELD = next(iter(_TIME_FIELDS), "ts")
 # Topics whose events feed windows (the lateness rule applies to them): derived from the feature list.
 WINDOWED_TOPICS = frozenset(t for plan in PLANS.values() for t in plan.windowed_sources)
 # What `route` and `ShardState.apply` read of a windowed topic's events: every entity's id field, the time, and
@@ -199,8 +207,8 @@ class ShardState:
                         self._seal(eid, before)
                     touched[eid] = state
             elif plan.native is not None:  # the loop below, compiled
-                native_state.fold_events(plan.native, states, part.rows, period, touched, self.pending, self._moved,
-                                         self._log)
+                native_state.fold_events(plan.native, states, part.rows, TIME_FIELD, period, touched, self.pending,
+                                         self._moved, self._log)
             else:
                 for eid, record in part.rows:
                     state = states.get(eid)
@@ -218,20 +226,22 @@ class ShardState:
                         self._seal(eid, before)
                     state.apply_event(plan, record, ts)
                     touched[eid] = state
-        if plan.native is not None:  # the loops below, compiled
+        if plan.native is not None:  # the loop below, compiled
             rows = native_state.evaluate(touched)
             self.high = native_state.log_rows(rows, self.pending, self._live, period, self._high_cap, self.high)
-            self.seal(SEAL_CHUNK)
-            native_state.mark_dirty(touched, self._dirty, self.clock)
-            return EntityWrites(self.entity, rows, max_kts)
-        rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
-        for eid, ts, values in rows:
-            self._log(eid, ts, values)
+        else:
+            rows = [(eid, state.ts, state.values(plan)) for eid, state in touched.items()]
+            for eid, ts, values in rows:
+                self._log(eid, ts, values)
         self.seal(SEAL_CHUNK)  # final entries pickled as they come, so few are left for the snapshot
-        dirty, stamp = self._dirty, self.clock
-        for eid in touched:  # to the back: recently changed entities are the likeliest to change again
-            dirty.pop(eid, None)
-            dirty[eid] = stamp
+        # To the back of the dirty order: recently changed entities are the likeliest to change again.
+        if plan.native is not None:
+            native_state.mark_dirty(touched, self._dirty, self.clock)
+        else:
+            dirty, stamp = self._dirty, self.clock
+            for eid in touched:
+                dirty.pop(eid, None)
+                dirty[eid] = stamp
         return EntityWrites(self.entity, rows, max_kts)
 
     def _log(self, eid: str, ts: int, values: dict[str, Any]) -> None:

@@ -8,8 +8,7 @@ from types import FrameType
 from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig
 
-from streams.features.definitions import ENTITIES
-from streams.features.shard import PLANS
+from streams.features.shard import ENGINE
 from streams.features.state import native_state
 from streams.flows.features import FlowConfig, build_flow, epoch
 from streams.flows.recovery import open_store
@@ -41,7 +40,7 @@ def main() -> None:
     port = serve_metrics(settings.features_metrics_port, settings.metrics_host)
     signal.signal(signal.SIGTERM, _stop)
     addresses = settings.features_addresses.split(";") if settings.features_addresses else None
-    engine = PLANS[ENTITIES[0].name].engine
+    engine = ENGINE
     log.info("feature flow starting", metrics_port=port, engine=engine, settings=settings.redacted())
     if engine != "native":
         log.warning("feature state runs on the pure-Python engine, about half as fast: "

@@ -19,7 +19,7 @@ import redis
 from streams.features.definitions import ENTITIES, features_of
 from streams.features.keys import TS_FIELD, encode_value, feature_key
 from streams.features.namespaces import write_targets
-from streams.features.shard import PLANS, EntityWrites
+from streams.features.shard import ENGINE, EntityWrites
 from streams.features.state import native_state
 from streams.flows import metrics
 from streams.runtime.logging import get_logger
@@ -82,7 +82,7 @@ def _pack_cas_call(sha: bytes, rows: list[tuple[str, int, dict[str, Any]]], pref
 
 # The same two, compiled, with the flow's engine: the Redis writer's thread holds the GIL while it packs (time the
 # flow waits for), and the compiled ones write the bytes straight from the values, without a string per value.
-if PLANS[ENTITIES[0].name].native is not None:
+if ENGINE == "native":
     encode_payload, pack_cas_call = native_state.encode_payload, native_state.pack_cas_call
 else:
     encode_payload, pack_cas_call = _encode_payload, _pack_cas_call
