@@ -19,7 +19,16 @@ import pickle
 
 
 cdef extern from "Python.h":
-    dict _PyDict_NewPresized(Py_ssize_t minused)
+    dict PyDict_Copy(object template)
+    void PyObject_GC_UnTrack(object op)
+
+
+cdef inline tuple _untracked(tuple t):
+    """`t`, out of the cyclic GC's view: for tuples of scalars, strings and plain records or values, which can
+    be in no reference cycle. The GC would untrack them itself, but only after walking them in a collection:
+    the ones the flow keeps (sessions, log entries, rows in flight) were most of what its collections walked."""
+    PyObject_GC_UnTrack(t)
+    return t
 
 cdef enum:
     MAGIC = 0x4E  # first byte of a frozen native state ("N"); a pickle starts with 0x80
@@ -57,6 +66,7 @@ cdef class NativePlan:
     cdef int nout
     cdef vector[int] out_kind, out_a, out_b, out_c  # per output, see `__init__`
     cdef tuple out_name, out_arg
+    cdef dict template  # every output name in the order `values` fills them (None each): what it copies
     cdef bint has_ratio
     cdef dict attribute_fields
     cdef int64_t day_ms
@@ -130,6 +140,8 @@ cdef class NativePlan:
             names.append(f.name)
             args.append(arg)
         self.nout, self.out_name, self.out_arg = len(names), tuple(names), tuple(args)
+        ratios = [n for n, kind in zip(names, self.out_kind) if kind == RATIO]
+        self.template = dict.fromkeys([n for n in names if n not in ratios] + ratios)
 
     @staticmethod
     def _indices(plan, columns) -> list:
@@ -165,7 +177,7 @@ cdef class NativeState:
     # only the newer ones added (a tile that leaves the window, or an event in a summed tile, starts them over).
     cdef vector[vector[double]] sums
     cdef vector[Py_ssize_t] summed
-    cdef list seen  # per distinct feature: {value: latest tile}
+    cdef tuple seen  # per distinct feature: {value: latest tile} (untracked, as the sessions' tuples)
     cdef dict sessions  # session id -> (events, max ts): tuples, which the GC stops tracking, unlike lists
     # At most the oldest tile in each distinct set, and the oldest max ts among the sessions (INT64_MIN: unknown):
     # an evaluation below them has nothing to prune and skips the walk. Not in snapshots (unknown after a thaw:
@@ -187,7 +199,7 @@ cdef class NativeState:
         self.vals.resize(plan.nwin)
         self.sums.resize(plan.nwin)
         self.summed.assign(plan.nwin, 0)
-        self.seen = [{} for _ in range(plan.ndist)]
+        self.seen = _untracked(tuple([{} for _ in range(plan.ndist)]))
         self.sessions = {}
         self.seen_floor.assign(plan.ndist, INT64_MAX)  # empty: nothing to prune
         self.session_floor = INT64_MAX
@@ -288,11 +300,11 @@ cdef class NativeState:
             if sid is not None:
                 entry = self.sessions.get(sid)
                 if entry is None:
-                    self.sessions[sid] = (1, ts)
+                    self.sessions[sid] = _untracked((1, ts))
                     if ts < self.session_floor:
                         self.session_floor = ts
                 else:
-                    self.sessions[sid] = (entry[0] + 1, ts if ts > entry[1] else entry[1])
+                    self.sessions[sid] = _untracked((entry[0] + 1, ts if ts > entry[1] else entry[1]))
         return 0
 
     def apply_change(self, plan, str topic, op, after, int64_t ts) -> None:
@@ -345,7 +357,9 @@ cdef class NativeState:
                 self.summed[slot] = n - 1
             for c in range(w):
                 totals[base + c] = sums[0][c] + vals[0][(n - 1) * w + c] if n else 0.0
-        out = _PyDict_NewPresized(p.nout)  # no resize as it fills
+        # A copy of the template: one small allocation, the keys already in place. (A presized dict took a
+        # general, non-string key table too large for Python's allocator: malloc was 6% of the flow, py-spy.)
+        out = PyDict_Copy(p.template)
         attrs = None
         for k in range(p.nout):
             kind = p.out_kind[k]
@@ -371,12 +385,15 @@ cdef class NativeState:
                 v = attrs.get(p.out_arg[k])
                 if v is not None:
                     out[name] = v if kind == ATTRIBUTE else (self.ts - v) // p.day_ms
+                else:
+                    del out[name]
         if p.has_ratio:
             for k in range(p.nout):
                 if p.out_kind[k] == RATIO:
                     num, den_name = p.out_arg[k]
-                    den = out.get(den_name, 0)
-                    out[p.out_name[k]] = out.get(num, 0) / den if den else 0.0
+                    den = out.get(den_name)  # absent, or a ratio not evaluated yet (None): 0, as the reference
+                    num = out.get(num)
+                    out[p.out_name[k]] = (num or 0) / den if den else 0.0
         return out
 
     cdef Py_ssize_t _distinct(self, Py_ssize_t k, int64_t t) except -1:
@@ -439,7 +456,7 @@ cdef class NativeState:
                 self.idx[slot].push_back(i)
                 for v in row:
                     self.vals[slot].push_back(v)
-        self.seen = [dict(s) for s in seen]
+        self.seen = _untracked(tuple([dict(s) for s in seen]))
         self.sessions = {sid: tuple(entry) for sid, entry in sessions.items()}
         self.session, self.attrs = session, attrs
 
@@ -515,20 +532,22 @@ cdef class NativeState:
                 r.copy(<char*>self.idx[slot].data(), n * sizeof(int64_t))
                 r.copy(<char*>self.vals[slot].data(), n * w * sizeof(double))
         if r.byte():
-            self.seen, self.sessions, self.session = pickle.loads(r.blob())
+            seen, self.sessions, self.session = pickle.loads(r.blob())
+            self.seen = _untracked(tuple(seen))
         else:
-            self.seen = []
+            sets = []
             for k in range(self.plan.ndist):
                 seen = {}
                 for _ in range(r.u32()):
                     v = r.text()
                     seen[v] = r.i64()
-                self.seen.append(seen)
+                sets.append(seen)
+            self.seen = _untracked(tuple(sets))
             self.sessions = {}
             for _ in range(r.u32()):
                 sid = r.text()
                 count = r.i64()
-                self.sessions[sid] = (count, r.i64())
+                self.sessions[sid] = _untracked((count, r.i64()))
             self.session = r.text() if r.byte() else None
         self.attrs = pickle.loads(r.blob()) if r.byte() else None
         if r.pos != data.shape[0]:
@@ -611,9 +630,10 @@ cdef class _Reader:
 
 
 def fold_events(NativePlan plan, dict states, list rows, str time_field, int64_t period, dict touched, dict pending,
-                dict moved, log) -> None:
+                dict moved, dict live, object cap, int64_t high) -> int:
     """`ShardState.apply`'s loop over one windowed-source input, compiled: the same steps as its reference loop
-    in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to)."""
+    in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to). Returns the
+    shard's new high (`ShardState._log`'s, for entities moving on to a later log window inside the batch)."""
     cdef NativeState state
     cdef int64_t ts, before, now
     for eid, record in rows:
@@ -633,7 +653,7 @@ def fold_events(NativePlan plan, dict states, list rows, str time_field, int64_t
         before = now // period
         if ts // period > before:
             if eid in touched:  # moves on to a later log window inside this batch (see shard.py)
-                log(eid, now, state.values())
+                high = _log_one(pending, live, period, cap, high, eid, now, state.values())
             window = pending.get(before)  # `ShardState._seal`
             if window is not None and eid in <dict>window:
                 found = moved.get(before)
@@ -643,6 +663,7 @@ def fold_events(NativePlan plan, dict states, list rows, str time_field, int64_t
                     (<list>found).append(eid)
         state._apply(<dict>record, ts)
         touched[eid] = state
+    return high
 
 
 def evaluate(dict touched) -> list:
@@ -651,8 +672,22 @@ def evaluate(dict touched) -> list:
     out = []
     for eid, found in touched.items():
         state = <NativeState>found
-        out.append((eid, state._ts(), state.values()))
+        out.append(_untracked((eid, state._ts(), state.values())))
     return out
+
+
+cdef int64_t _log_one(dict pending, dict live, int64_t period, object cap, int64_t high, object eid, int64_t ts,
+                      object values) except? -1:
+    """`ShardState._log` of one entry, compiled; returns the shard's new high."""
+    cdef int64_t moved = ts if cap is None or ts < <int64_t>cap else <int64_t>cap
+    cdef int64_t k = ts // period
+    window = pending.get(k)
+    if window is None:
+        window = pending[k] = {}
+        live[k] = {}
+    (<dict>window)[eid] = _untracked((ts, values))
+    (<dict>live[k])[eid] = None
+    return moved if moved > high else high
 
 
 def log_rows(list rows, dict pending, dict live, int64_t period, object cap, int64_t high) -> int:
@@ -675,7 +710,7 @@ def log_rows(list rows, dict pending, dict live, int64_t period, object cap, int
                 pending[k], live[k] = window, names
             else:
                 window, names = <dict>found, <dict>live[k]
-        window[eid] = (ts, (<tuple>row)[2])
+        window[eid] = _untracked((ts, (<tuple>row)[2]))
         names[eid] = None
     return high
 
@@ -743,7 +778,7 @@ def group_by_shard(list records, str field, bint cdc, int shards) -> list:
         if bucket is None:
             bucket = buckets[k] = []
             order.append(k)
-        (<list>bucket).append((eid, record))
+        (<list>bucket).append(_untracked((eid, record)))
     return [(k, buckets[k]) for k in order]
 
 

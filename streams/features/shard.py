@@ -207,8 +207,8 @@ class ShardState:
                         self._seal(eid, before)
                     touched[eid] = state
             elif plan.native is not None:  # the loop below, compiled
-                native_state.fold_events(plan.native, states, part.rows, TIME_FIELD, period, touched, self.pending,
-                                         self._moved, self._log)
+                self.high = native_state.fold_events(plan.native, states, part.rows, TIME_FIELD, period, touched,
+                                                     self.pending, self._moved, self._live, self._high_cap, self.high)
             else:
                 for eid, record in part.rows:
                     state = states.get(eid)
