@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import bulk
 from schemas import serde as serde_module
@@ -193,3 +196,46 @@ def test_a_poll_decoded_in_bulk_keeps_only_the_fields_asked_for(corrupt: bool, m
     assert part.late == [(o, keep(r)) for o, r in full.late] and [o for o, _ in part.late] == [75]
     assert part.dead == full.dead and part.high == full.high
     assert (part.columns is None) == corrupt and (corrupt or part.columns.equals(full.columns))
+
+
+_BREAKS = {  # one change per kind of record the column rules must see as the loop does
+    "fine": {}, "blank_user": {"user_id": ""}, "late": {"ts": T0 - 10 * LATENESS_MS}, "back": {"ts": T0 - 1000},
+    "future": {"ts": int(time.time() * 1000) + 2 * 3_600_000}, "seconds": {"ts": T0 // 1000},
+    "negative_price": {"price": -1.0}, "nan_price": {"price": float("nan")}, "huge_price": {"price": 1e9},
+    "zero_price": {"price": 0.0}, "click_without_item": {"item_id": None}, "blank_item": {"item_id": ""},
+    "search_without_item": {"event_type": "search", "item_id": None}, "ahead": {"ts": T0 + 3_600_000},
+}
+
+
+@given(st.lists(st.sampled_from(sorted(_BREAKS)), min_size=1, max_size=90), st.booleans(),
+       st.one_of(st.none(), st.integers(-LATENESS_MS, 100 * 1000)))
+@settings(max_examples=60, deadline=None)
+def test_a_poll_read_column_by_column_is_the_poll_read_record_by_record(kinds, trim, start) -> None:
+    """Every value decoded in bulk: the rules run on the columns (`suspects`) and lateness over the time column
+    (`admit_all`); the batch (events, late ones, every dead letter with its detail, highs, columns, where to go
+    on) is the one the loop per record gives, trimmed or not. Bad, late, back-in-time and ahead-of-Kafka-time
+    records are mixed at random."""
+    msgs = [Msg(o, frame(CLICK_ID, CODEC.encode(_event(o, **_BREAKS[kind])))) for o, kind in enumerate(kinds)]
+    high = None if start is None else T0 + start
+    now = int(time.time() * 1000)
+    fields = fields_read(CLICKSTREAM) | {"session_id"} if trim else None
+    reads, went = [], []
+    with patch.object(serde_module, "BULK_MIN", 1):
+        for rules in (source.suspects, lambda spec, columns, now_ms: None):  # column by column, then the loop
+            with patch.object(source, "suspects", rules), patch.object(source, "_read_columns",
+                                                                         wraps=source._read_columns) as columns:
+                reads.append(read_poll(CLICKSTREAM, 0, TopicSerde(CLICKSTREAM, Registry()), True, LATENESS_MS, high,
+                                       msgs, now, fields))
+                went.append(columns.call_count)
+    by_columns, by_records = reads
+    a, b = by_columns.batch, by_records.batch
+    assert went == [1, 0] and a.ingest_ms == b.ingest_ms
+    assert _same(a.events, b.events) and _same(a.late, b.late) and a.dead == b.dead
+    assert (a.high, a.max_kafka_ts, by_columns.high, by_columns.next_offset, by_columns.retry_at) == \
+           (b.high, b.max_kafka_ts, by_records.high, by_records.next_offset, by_records.retry_at)
+    assert (a.columns is None) == (b.columns is None) and (a.columns is None or a.columns.equals(b.columns))
+
+
+def _same(x: list[tuple[int, dict[str, Any]]], y: list[tuple[int, dict[str, Any]]]) -> bool:
+    """Equal (offset, record) lists, NaN equal to NaN (a NaN price is dead-lettered, but compared all the same)."""
+    return repr(x) == repr(y)

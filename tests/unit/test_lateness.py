@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.features.shard import ShardInput, ShardState
-from streams.windows.lateness import MAX_CLOCK_SKEW_MS, admit
+from streams.windows.lateness import MAX_CLOCK_SKEW_MS, NO_HIGH, admit, admit_all
 
 NOW = 1_763_800_000_000
 LATENESS = 300_000
@@ -52,3 +53,27 @@ def test_the_feature_log_does_not_close_windows_on_a_future_event() -> None:
                             max_kafka_ts=NOW)])
     assert shard.high == NOW + MAX_CLOCK_SKEW_MS
     assert shard.close_windows() == []  # the window holding NOW is still filling
+
+
+@given(st.lists(st.tuples(st.integers(-2 * LATENESS, 2 * LATENESS), st.sampled_from([-1, 0, 1, 2]),
+                          st.integers(-3 * MAX_CLOCK_SKEW_MS, 3 * MAX_CLOCK_SKEW_MS), st.booleans()), max_size=60),
+       st.one_of(st.none(), st.integers(-LATENESS, LATENESS)))
+def test_a_poll_admitted_at_once_is_admitted_as_event_after_event(rows, start) -> None:
+    """`admit_all` (numpy, per poll) decides, judges against and ends on the same highs as `admit` in offset order;
+    rows that are not valid are skipped. Times jump back and forth across the lateness, with and without Kafka
+    timestamps (<= 0: none) and some of them ahead of theirs by more than the allowed skew."""
+    ts = [NOW + t for t, _, _, _ in rows]
+    appended = [NOW + a if kind > 0 else kind for _, kind, a, _ in rows]
+    valid = [v for _, _, _, v in rows]
+    high = None if start is None else NOW + start
+    accepted, before = [], []
+    for t, a, v in zip(ts, appended, valid):
+        before.append(NO_HIGH if high is None else high)
+        if v:
+            ok, high = admit(t, high, LATENESS, a)
+            accepted.append(ok)
+        else:
+            accepted.append(False)
+    got, got_before, got_high = admit_all(np.array(ts, np.int64), np.array(appended, np.int64), np.array(valid, bool),
+                                          None if start is None else NOW + start, LATENESS)
+    assert got.tolist() == accepted and got_before.tolist() == before and got_high == high
