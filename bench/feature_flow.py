@@ -113,8 +113,8 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: i
     from bytewax.dataflow import Dataflow
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-    from streams.features.shard import WINDOWED_TOPICS, route
-    from streams.flows.features import source_fields
+    from streams.features.shard import ENGINE, WINDOWED_TOPICS
+    from streams.flows.features import route_batch, source_fields
     from streams.flows.source import EventSource, SourceConfig
     from streams.sinks.parquet import EventLogSink
 
@@ -136,14 +136,14 @@ def stateless_child(bootstrap: str, registry_url: str, total: int, partitions: i
     flow = Dataflow("stateless")
     source = SourceConfig({"bootstrap.servers": bootstrap}, registry_url, (CLICKSTREAM,), WINDOWED_TOPICS,
                           int(settings.features_lateness_s * 1000), group_id="bench-stateless",
-                          batch_size=settings.features_batch_size, fields=source_fields((CLICKSTREAM,)))
+                          batch_size=settings.features_batch_size, fields=source_fields((CLICKSTREAM,)),
+                          columnar=ENGINE == "native")
     batches = op.input("kafka", flow, EventSource(source))
     keyed = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
     parts = [f"{CLICKSTREAM.name}:{p}" for p in range(partitions)]
     op.output("event_log", keyed, EventLogSink(Path(home) / "events", {CLICKSTREAM.name: CLICKSTREAM}, parts))
-    routed = op.flat_map("route", batches, lambda b: route(b.topic, b.events, b.max_kafka_ts, settings.features_shards,
-                                                            b.partition, b.high))
-    counted = op.map("count", routed, lambda kv: len(kv[1].rows) if kv[1].entity == "user" else 0)
+    routed = op.flat_map("route", batches, lambda b: route_batch(b, settings.features_shards))
+    counted = op.map("count", routed, lambda kv: len(kv[1]) if kv[1].entity == "user" else 0)
     op.output("counter", counted, Counter())
     cli_main(flow, epoch_interval=timedelta(seconds=settings.features_epoch_s))
 

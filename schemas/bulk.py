@@ -248,10 +248,10 @@ class BulkDecoder:
 def records_of(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     """The rows of a decoded batch as the dicts a one-by-one decode gives (enums as str, maps as dicts);
     column by column, as `RecordBatch.to_pylist` is ~7x slower on dictionary (enum) and map columns."""
-    return _python_values(pa.StructArray.from_arrays(batch.columns, names=batch.schema.names))
+    return python_values(pa.StructArray.from_arrays(batch.columns, names=batch.schema.names))
 
 
-def _python_values(array: pa.Array) -> list[Any]:
+def python_values(array: pa.Array) -> list[Any]:
     """The values of `array` as fastavro decodes them: a dictionary (enum) by its indices, a map or a
     record from its children, anything else by `to_pylist`."""
     kind = array.type
@@ -261,7 +261,7 @@ def _python_values(array: pa.Array) -> list[Any]:
     if pa.types.is_map(kind):
         values = _maps(array)
     elif pa.types.is_struct(kind) and kind.num_fields:
-        values = _rows_maker(tuple(f.name for f in kind))([_python_values(array.field(i)) for i in range(kind.num_fields)])
+        values = _rows_maker(tuple(f.name for f in kind))([python_values(array.field(i)) for i in range(kind.num_fields)])
     elif _holds_map(kind):  # in a list or union; "lossy": a repeated key keeps its last value, as in fastavro
         return array.to_pylist(maps_as_pydicts="lossy")
     else:
@@ -288,8 +288,8 @@ def _maps(array: pa.MapArray) -> list[dict[str, Any]]:
     first, end = int(offsets[0]), int(offsets[-1])
     if first == end:  # all empty, the common case
         return out
-    keys = _python_values(array.keys.slice(first, end - first))
-    items = _python_values(array.items.slice(first, end - first))
+    keys = python_values(array.keys.slice(first, end - first))
+    items = python_values(array.items.slice(first, end - first))
     for row, key, item in zip(np.repeat(np.arange(len(array)), np.diff(offsets)).tolist(), keys, items):
         out[row][key] = item  # a key met twice keeps its last value, as in fastavro
     return out

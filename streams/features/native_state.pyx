@@ -11,7 +11,8 @@ without pickle: it runs for every entity a micro-batch changed.
 
 cimport cython
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t
-from libc.string cimport memcpy
+from cpython.object cimport PyObject
+from libc.string cimport memcpy, memset
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
@@ -35,6 +36,7 @@ cdef enum:
     VERSION = 1
     MAX_WINDOWS = 32
     MAX_COLUMNS = 256
+    MAX_DISTINCT = 32
 
 cdef enum Kind:
     COL = 0
@@ -47,6 +49,16 @@ cdef enum Kind:
     RATIO = 7
 
 
+cdef struct View:
+    # One event as `NativeState._apply_view` reads it: per plan column, whether its filter passes and what it adds
+    # (`has`: a value to add, 1 for a count); the distinct values and the session id, borrowed (NULL: None).
+    unsigned char passes[MAX_COLUMNS]
+    unsigned char has[MAX_COLUMNS]
+    double add[MAX_COLUMNS]
+    PyObject* distinct[MAX_DISTINCT]
+    PyObject* session
+
+
 cdef class NativePlan:
     """An `EntityPlan` laid out for C: windows, columns grouped by event type, outputs in order."""
 
@@ -54,6 +66,7 @@ cdef class NativePlan:
     cdef int nwin
     cdef vector[int64_t] tile_ms, tiles
     cdef vector[int] width, base  # accumulators per tile; where each window's totals start in one flat array
+    cdef int ncols
     cdef vector[int] col_slot, col_col
     cdef list col_tests  # per column: ((field, expected, must-be-not-null), ...)
     cdef list col_value  # per column: value field, or None to count
@@ -87,6 +100,7 @@ cdef class NativePlan:
         if total > MAX_COLUMNS:
             raise ValueError(f"the native engine takes at most {MAX_COLUMNS} window columns per entity, not {total}")
         self.col_tests, self.col_value = [], []
+        self.ncols = total
         for c in plan.columns:
             self.col_slot.push_back(c.slot)
             self.col_col.push_back(c.col)
@@ -99,6 +113,8 @@ cdef class NativePlan:
             self.type_group[t] = self.groups.size()
             self.groups.push_back(self._indices(plan, plan.columns_for(t)))
         self.ndist = len(plan.distinct_windows)
+        if self.ndist > MAX_DISTINCT:
+            raise ValueError(f"the native engine takes at most {MAX_DISTINCT} distinct features per entity")
         self.d_field = []
         for (f, _), w in zip(plan.distinct, plan.distinct_windows):
             self.d_tile_ms.push_back(w.tile_ms)
@@ -237,35 +253,26 @@ cdef class NativeState:
         self._apply(event, ts)
 
     cdef int _apply(self, dict event, int64_t ts) except -1:
+        cdef View view
+        _view_of_record(self.plan, event, &view)
+        return self._apply_view(&view, ts)
+
+    cdef int _apply_view(self, View* e, int64_t ts) except -1:
+        """Fold one event as `View` gives it (from a record or from a row of an `EventBlock`)."""
         cdef NativePlan p = self.plan
         cdef int64_t t
         cdef Py_ssize_t pos, c, k, slot
         cdef int64_t i
         cdef Py_ssize_t rows[MAX_WINDOWS]
-        cdef tuple tests, test
-        cdef bint ok
         if ts >= self.t:
             self.t = ts
             if p.session_field is not None:
-                self.session = event.get(p.session_field)
+                self.session = None if e.session == NULL else <object>e.session
         t = self.t
         for slot in range(p.nwin):
             rows[slot] = -2  # not looked up yet (-1: out of the window)
-        cdef vector[int]* group = &p.groups[p.type_group.get(event.get("event_type"), 0)]
-        for k in range(<Py_ssize_t>group.size()):
-            c = group[0][k]
-            tests = <tuple>p.col_tests[c]
-            ok = True
-            for test in tests:
-                v = event.get(test[0])
-                if test[2]:
-                    if v is None:
-                        ok = False
-                        break
-                elif not (v == test[1]):
-                    ok = False
-                    break
-            if not ok:
+        for c in range(p.ncols):  # in plan order: each accumulator adds the same floats in the same order
+            if not e.passes[c]:
                 continue
             slot = p.col_slot[c]
             if rows[slot] == -2:
@@ -273,19 +280,12 @@ cdef class NativeState:
                 if rows[slot] >= 0 and rows[slot] // p.width[slot] < self.summed[slot]:
                     self.summed[slot] = 0  # an event in a tile already summed: start over
             pos = rows[slot]
-            if pos < 0:
-                continue
-            field = p.col_value[c]
-            if field is None:
-                self.vals[slot][pos + p.col_col[c]] += 1.0
-            else:
-                v = event.get(field)
-                if v is not None:
-                    self.vals[slot][pos + p.col_col[c]] += <double>v
+            if pos >= 0 and e.has[c]:
+                self.vals[slot][pos + p.col_col[c]] += e.add[c]
         for k in range(p.ndist):
-            v = event.get(p.d_field[k])
-            if v is None:
+            if e.distinct[k] == NULL:
                 continue
+            v = <object>e.distinct[k]
             i = _tile(ts, p.d_tile_ms[k])
             if i <= _tile(t, p.d_tile_ms[k]) - p.d_tiles[k]:
                 continue
@@ -295,16 +295,15 @@ cdef class NativeState:
                 seen[v] = i
                 if prev is None and i < self.seen_floor[k]:
                     self.seen_floor[k] = i
-        if p.session_field is not None:
-            sid = event.get(p.session_field)
-            if sid is not None:
-                entry = self.sessions.get(sid)
-                if entry is None:
-                    self.sessions[sid] = _untracked((1, ts))
-                    if ts < self.session_floor:
-                        self.session_floor = ts
-                else:
-                    self.sessions[sid] = _untracked((entry[0] + 1, ts if ts > entry[1] else entry[1]))
+        if p.session_field is not None and e.session != NULL:
+            sid = <object>e.session
+            entry = self.sessions.get(sid)
+            if entry is None:
+                self.sessions[sid] = _untracked((1, ts))
+                if ts < self.session_floor:
+                    self.session_floor = ts
+            else:
+                self.sessions[sid] = _untracked((entry[0] + 1, ts if ts > entry[1] else entry[1]))
         return 0
 
     def apply_change(self, plan, str topic, op, after, int64_t ts) -> None:
@@ -554,6 +553,47 @@ cdef class NativeState:
             raise ValueError("frozen native entity state has trailing bytes")
 
 
+cdef int _view_of_record(NativePlan p, dict event, View* v) except -1:
+    """Fill `v` from a record: the columns of its event type's group whose every test passes (the others
+    do not pass: their event-type test fails), and the fields they add; the record keeps what `v` borrows."""
+    cdef vector[int]* group = &p.groups[p.type_group.get(event.get("event_type"), 0)]
+    cdef Py_ssize_t k, c
+    cdef tuple tests, test
+    cdef bint ok
+    memset(v.passes, 0, p.ncols)
+    for k in range(<Py_ssize_t>group.size()):
+        c = group[0][k]
+        tests = <tuple>p.col_tests[c]
+        ok = True
+        for test in tests:
+            x = event.get(test[0])
+            if test[2]:
+                if x is None:
+                    ok = False
+                    break
+            elif not (x == test[1]):
+                ok = False
+                break
+        if not ok:
+            continue
+        v.passes[c] = 1
+        field = p.col_value[c]
+        if field is None:
+            v.has[c], v.add[c] = 1, 1.0
+        else:
+            x = event.get(field)
+            v.has[c] = x is not None
+            if v.has[c]:
+                v.add[c] = <double>x
+    for k in range(p.ndist):
+        x = event.get(p.d_field[k])
+        v.distinct[k] = <PyObject*>NULL if x is None else <PyObject*>x
+    if p.session_field is not None:
+        x = event.get(p.session_field)
+        v.session = <PyObject*>NULL if x is None else <PyObject*>x
+    return 0
+
+
 cdef inline void _put_i64(string& buf, int64_t v):
     buf.append(<char*>&v, sizeof(int64_t))
 
@@ -634,35 +674,70 @@ def fold_events(NativePlan plan, dict states, list rows, str time_field, int64_t
     """`ShardState.apply`'s loop over one windowed-source input, compiled: the same steps as its reference loop
     in shard.py (which the Python engine runs, and tests/unit/test_native_state.py holds this to). Returns the
     shard's new high (`ShardState._log`'s, for entities moving on to a later log window inside the batch)."""
-    cdef NativeState state
-    cdef int64_t ts, before, now
+    cdef View view
     for eid, record in rows:
-        found = states.get(eid)
-        if found is None:
-            state = NativeState(plan)
-            states[eid] = state
+        _view_of_record(plan, <dict>record, &view)
+        high = _fold_one(plan, states, eid, (<dict>record)[time_field], &view, period, touched, pending, moved, live,
+                         cap, high)
+    return high
+
+
+def fold_block(NativePlan plan, dict states, list eids, const int64_t[::1] ts, const unsigned char[:, ::1] passes,
+               const unsigned char[:, ::1] has, const double[:, ::1] add, list distinct, object session,
+               int64_t period, dict touched, dict pending, dict moved, dict live, object cap, int64_t high) -> int:
+    """`fold_events` over an `EventBlock` (shard.py): the same events as columns, each row read into the same
+    `View` a record gives, so that no record is made. Returns the shard's new high."""
+    cdef View view
+    cdef Py_ssize_t i, k, n = len(eids), ncols = plan.ncols
+    if ts.shape[0] != n or passes.shape[0] != n or passes.shape[1] != ncols or has.shape[1] != ncols \
+            or add.shape[1] != ncols or len(distinct) != plan.ndist:
+        raise ValueError("an event block that does not fit its plan")
+    for i in range(n):
+        memcpy(view.passes, &passes[i, 0], ncols)
+        memcpy(view.has, &has[i, 0], ncols)
+        memcpy(view.add, &add[i, 0], ncols * sizeof(double))
+        for k in range(plan.ndist):
+            x = (<list>distinct[k])[i]
+            view.distinct[k] = <PyObject*>NULL if x is None else <PyObject*>x
+        if session is not None:
+            x = (<list>session)[i]
+            view.session = <PyObject*>NULL if x is None else <PyObject*>x
+        else:
+            view.session = <PyObject*>NULL
+        high = _fold_one(plan, states, eids[i], ts[i], &view, period, touched, pending, moved, live, cap, high)
+    return high
+
+
+cdef int64_t _fold_one(NativePlan plan, dict states, object eid, int64_t ts, View* view, int64_t period, dict touched,
+                       dict pending, dict moved, dict live, object cap, int64_t high) except? -1:
+    """One event of `fold_events` or `fold_block`; returns the shard's new high."""
+    cdef NativeState state
+    cdef int64_t before, now
+    found = states.get(eid)
+    if found is None:
+        state = NativeState(plan)
+        states[eid] = state
+        state.key = eid
+    else:
+        state = <NativeState>found
+        if state.key is None:  # thawed, or made by a CDC change: keyed by this batch's string from now on
             state.key = eid
         else:
-            state = <NativeState>found
-            if state.key is None:  # thawed, or made by a CDC change: keyed by this batch's string from now on
-                state.key = eid
+            eid = state.key
+    now = state._ts()
+    before = now // period
+    if ts // period > before:
+        if eid in touched:  # moves on to a later log window inside this batch (see shard.py)
+            high = _log_one(pending, live, period, cap, high, eid, now, state.values())
+        window = pending.get(before)  # `ShardState._seal`
+        if window is not None and eid in <dict>window:
+            found = moved.get(before)
+            if found is None:
+                moved[before] = [eid]
             else:
-                eid = state.key
-        ts = (<dict>record)[time_field]
-        now = state._ts()
-        before = now // period
-        if ts // period > before:
-            if eid in touched:  # moves on to a later log window inside this batch (see shard.py)
-                high = _log_one(pending, live, period, cap, high, eid, now, state.values())
-            window = pending.get(before)  # `ShardState._seal`
-            if window is not None and eid in <dict>window:
-                found = moved.get(before)
-                if found is None:
-                    moved[before] = [eid]
-                else:
-                    (<list>found).append(eid)
-        state._apply(<dict>record, ts)
-        touched[eid] = state
+                (<list>found).append(eid)
+    state._apply_view(view, ts)
+    touched[eid] = state
     return high
 
 
@@ -780,6 +855,39 @@ def group_by_shard(list records, str field, bint cdc, int shards) -> list:
             order.append(k)
         (<list>bucket).append(_untracked((eid, record)))
     return [(k, buckets[k]) for k in order]
+
+
+def shard_rows(list ids, int shards) -> list:
+    """`group_by_shard` for ids read from a column: [(shard, [entity id, ...], [row, ...]), ...], shards in the
+    order of their first row; rows without an id are left out."""
+    cdef list buckets = [None] * shards
+    cdef list order = []
+    cdef Py_ssize_t n, row = -1
+    cdef const char* p
+    cdef int k
+    for value in ids:
+        row += 1
+        if value is None:
+            continue
+        eid = value if isinstance(value, str) else str(value)
+        p = PyUnicode_AsUTF8AndSize(eid, &n)
+        k = _crc32(<const unsigned char*>p, n) % shards
+        bucket = buckets[k]
+        if bucket is None:
+            bucket = buckets[k] = ([], [])
+            order.append(k)
+        (<list>(<tuple>bucket)[0]).append(eid)
+        (<list>(<tuple>bucket)[1]).append(row)
+    return [(k, *buckets[k]) for k in order]
+
+
+def pick(list values, list rows) -> list:
+    """`[values[row] for row in rows]`, compiled."""
+    cdef Py_ssize_t i, n = len(rows)
+    out = [None] * n
+    for i in range(n):
+        out[i] = values[<Py_ssize_t>rows[i]]
+    return out
 
 
 cdef extern from "Python.h":

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from itertools import islice, takewhile
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.bulk import python_values, records_of
 from schemas.errors import ConfigError
 from schemas.topics import CDC_TOPIC_NAMES
 from streams.features.definitions import ENTITIES
-from streams.features.state import EntityPlan, EntityState, native_state
+from streams.features.state import NOT_NULL, EntityPlan, EntityState, native_state
 from streams.windows.lateness import MAX_CLOCK_SKEW_MS
 
 PLANS: dict[str, EntityPlan] = {e.name: EntityPlan(e) for e in ENTITIES}
@@ -39,6 +44,20 @@ SEAL_CHUNK = 1024  # final log entries are pickled in chunks of this many, betwe
 
 
 @dataclass(slots=True)
+class EventBlock:
+    """A shard's events of one poll as columns read for its entity's plan (`plan_columns`): what the compiled fold
+    (`fold_block`) takes row by row as it takes records, without a dict per event."""
+
+    eids: list[str]
+    ts: np.ndarray  # int64: each event's time
+    passes: np.ndarray  # uint8 (rows, plan columns): the column's filter passes
+    has: np.ndarray  # uint8 (rows, plan columns): there is a value to add
+    add: np.ndarray  # float64 (rows, plan columns): the value (1 for a count)
+    distinct: list[list[Any]]  # per distinct feature of the plan: each row's value
+    session: list[Any] | None  # each row's session id; None: the plan has no sessions
+
+
+@dataclass(slots=True)
 class ShardInput:
     """Events of one source batch that belong to one shard of one entity."""
 
@@ -49,6 +68,10 @@ class ShardInput:
     max_kafka_ts: int = 0
     partition: int | None = None  # the source partition, and its event-time high after the batch (windowed
     high: int | None = None  # topics): the partition's later events are at most the lateness behind it
+    block: EventBlock | None = None  # the events as columns instead of `rows` (`route_columns`)
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.block is None else len(self.block.eids)
 
 
 @dataclass(slots=True)
@@ -108,6 +131,79 @@ def route(topic: str, records: list[tuple[int, dict[str, Any]]], max_kafka_ts: i
                                              partition=partition, high=high)
             part.rows.append((eid, record))
     return list(out.items())
+
+
+def route_columns(topic: str, columns: pa.RecordBatch, max_kafka_ts: int, shards: int, partition: int | None = None,
+                  high: int | None = None) -> list[tuple[str, ShardInput]]:
+    """`route` for a poll's events as columns (the fields the flow reads, `SourceBatch.event_columns`): each
+    native-engine entity's share as an `EventBlock`; an entity whose plan the columns cannot be read for (or the
+    Python engine) gets records, as `route` makes them."""
+    out: list[tuple[str, ShardInput]] = []
+    records: list[tuple[int, dict[str, Any]]] | None = None
+    for entity in ENTITIES:
+        field_name = entity.id_field(topic)
+        if field_name is None:
+            continue
+        plan = PLANS[entity.name]
+        read = plan_columns(plan, columns) if plan.native is not None and topic not in CDC_TOPIC_NAMES else None
+        if read is None:
+            if records is None:
+                records = list(enumerate(records_of(columns)))
+            out += [(key, part) for key, part in route(topic, records, max_kafka_ts, shards, partition, high)
+                    if part.entity == entity.name]
+            continue
+        ts, passes, has, add, distinct, session = read
+        prefix = f"{entity.name}:"
+        for k, eids, rows in native_state.shard_rows(python_values(columns.column(field_name)), shards):
+            at = np.array(rows, dtype=np.intp)
+            block = EventBlock(eids, ts[at], passes[at], has[at], add[at], [native_state.pick(d, rows) for d in distinct],
+                               None if session is None else native_state.pick(session, rows))
+            key = prefix + str(k)
+            out.append((key, ShardInput(entity.name, topic, shard=key, max_kafka_ts=max_kafka_ts, partition=partition,
+                                        high=high, block=block)))
+    return out
+
+
+def plan_columns(plan: EntityPlan, columns: pa.RecordBatch) -> tuple[Any, ...] | None:
+    """A poll's events read for `plan`, whole: (times, passes, has, add, distinct values, session ids) as
+    `EventBlock` holds them; None when a filter or a value cannot be computed on the columns exactly as the
+    fold compares and adds record fields (a type pyarrow will not compare, an integer a double cannot hold)."""
+    n, names = columns.num_rows, set(columns.schema.names)
+
+    def array(name: str) -> pa.Array:
+        return columns.column(name) if name in names else pa.nulls(n)
+
+    times = array(TIME_FIELD)
+    if not pa.types.is_integer(times.type) or times.null_count:
+        return None
+    width = len(plan.columns)
+    passes, has, add = np.ones((n, width), np.uint8), np.ones((n, width), np.uint8), np.ones((n, width), np.float64)
+    try:
+        for c, column in enumerate(plan.columns):
+            for name, expected in column.where:
+                passes[:, c] &= _equal(array(name), expected)
+            if column.value_field is not None:
+                values = array(column.value_field)
+                has[:, c] = values.is_valid().to_numpy(zero_copy_only=False)
+                add[:, c] = values.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    distinct = [python_values(array(f.value_field)) for f, _ in plan.distinct]
+    session = None if plan.session_field is None else python_values(array(plan.session_field))
+    return times.to_numpy().astype(np.int64, copy=False), passes, has, add, distinct, session
+
+
+def _equal(array: pa.Array, expected: Any) -> np.ndarray:
+    """Per row, whether a record's field (None when null) `== expected`, as Python compares them; `NOT_NULL`:
+    whether it is set."""
+    if expected is NOT_NULL:
+        return array.is_valid().to_numpy(zero_copy_only=False)
+    if expected is None:
+        return array.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_dictionary(array.type):  # an enum: compare its symbols, then look them up
+        symbols = np.array([s == expected for s in array.dictionary.to_pylist()] + [False])
+        return symbols[array.indices.fill_null(len(symbols) - 1).to_numpy(zero_copy_only=False)]
+    return pc.fill_null(pc.equal(array, pa.scalar(expected)), False).to_numpy(zero_copy_only=False)
 
 
 class ShardState:
@@ -206,6 +302,11 @@ class ShardState:
                     if state.ts // period > before:
                         self._seal(eid, before)
                     touched[eid] = state
+            elif part.block is not None:  # the loop below, compiled, over columns (`route_columns`)
+                b = part.block
+                self.high = native_state.fold_block(plan.native, states, b.eids, b.ts, b.passes, b.has, b.add,
+                                                    b.distinct, b.session, period, touched, self.pending, self._moved,
+                                                    self._live, self._high_cap, self.high)
             elif plan.native is not None:  # the loop below, compiled
                 self.high = native_state.fold_events(plan.native, states, part.rows, TIME_FIELD, period, touched,
                                                      self.pending, self._moved, self._live, self._high_cap, self.high)

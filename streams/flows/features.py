@@ -27,6 +27,7 @@ from schemas.validation import fields_read
 from streams.features.definitions import ENTITIES, source_topics
 from streams.features.keys import namespace_prefix
 from streams.features.shard import (
+    ENGINE,
     EVENT_FIELDS,
     PLANS,
     SEAL_CHUNK,
@@ -36,6 +37,7 @@ from streams.features.shard import (
     ShardInput,
     ShardState,
     route,
+    route_columns,
 )
 from streams.flows import metrics
 from streams.flows.source import EventSource, SourceBatch, SourceConfig
@@ -120,7 +122,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, EntityWrites | FeatureLogWindow,
         # quiet for a second), so the epoch boundary, when the whole flow stands still, finds little left
         # (0.46 s at 10k ev/s before). In the last second before it, every entity changed before this batch,
         # paced to be done by then (the entities changed within a second were 0.25-0.3 s of a 0.6 s pause).
-        limit, changed_before = sum(len(v.rows) for v in values), now - 1.0
+        limit, changed_before = sum(len(v) for v in values), now - 1.0
         due = self._clock.until_next(now)
         if due is not None and due < PRE_EPOCH_S:
             limit = max(limit, ceil(self._state.dirty * min(1.0, (now - self._prev) / max(due - EARLY_S, 0.01))))
@@ -192,13 +194,21 @@ def source_fields(topics: tuple[TopicSpec, ...]) -> dict[str, frozenset[str]]:
     return out
 
 
+def route_batch(batch: SourceBatch, shards: int) -> list[tuple[str, ShardInput]]:
+    """The flow's keyed exchange of one source batch: its events per (entity, shard), read from the columns when
+    the source kept them so (`SourceConfig.columnar`)."""
+    if batch.event_columns is not None:
+        return route_columns(batch.topic, batch.event_columns, batch.max_kafka_ts, shards, batch.partition, batch.high)
+    return route(batch.topic, batch.events, batch.max_kafka_ts, shards, batch.partition, batch.high)
+
+
 def build_flow(cfg: FlowConfig) -> Dataflow:
     topics = cfg.topics or source_topics()
     metadata = AdminClient(cfg.kafka).list_topics(timeout=10)
     parts = [f"{t.name}:{p}" for t in topics if t.name in metadata.topics for p in metadata.topics[t.name].partitions]
     source = EventSource(SourceConfig(cfg.kafka, cfg.registry_url, topics, WINDOWED_TOPICS, cfg.lateness_ms,
                                       batch_size=cfg.batch_size, fetch_wait_ms=cfg.fetch_wait_ms,
-                                      fields=source_fields(topics)))
+                                      fields=source_fields(topics), columnar=ENGINE == "native"))
     shards = cfg.shards
 
     flow = Dataflow("streamml-features")
@@ -210,10 +220,7 @@ def build_flow(cfg: FlowConfig) -> Dataflow:
     by_partition = op.map("by_partition", batches, lambda b: (f"{b.topic}:{b.partition}", b))
     op.output("event_log", by_partition, EventLogSink(cfg.data_dir / "events", {t.name: t for t in topics}, parts))
 
-    def to_shards(b: SourceBatch) -> list[tuple[str, ShardInput]]:
-        return route(b.topic, b.events, b.max_kafka_ts, shards, b.partition, b.high)
-
-    routed = op.flat_map("route", batches, to_shards)
+    routed = op.flat_map("route", batches, partial(route_batch, shards=shards))
     sources = {name: frozenset((t, p) for t in plan.windowed_sources if t in metadata.topics
                                for p in metadata.topics[t].partitions) for name, plan in PLANS.items()}
     logic = partial(ShardLogic, cfg.log_period_ms, cfg.lateness_ms, cfg.log_idle_s, sources, cfg.state_dir,

@@ -55,6 +55,10 @@ class SourceBatch:
     # The events and late ones, in offset order, as the Arrow columns they were decoded from (a `pa.RecordBatch`),
     # when all were decoded in bulk: the event log writes these instead of converting the records back.
     columns: Any = None
+    # With `SourceConfig.columnar`, a poll read column by column leaves `events` empty and keeps them as columns
+    # (the fields the flow reads, a `pa.RecordBatch`) and their offsets: `route_columns` reads them for the fold.
+    event_columns: Any = None
+    event_offsets: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class SourceConfig:
     publish_position_s: float = 1.0
     fetch_wait_ms: int = 10  # fetch.wait.max.ms (STREAMML_FEATURES_FETCH_WAIT_MS)
     fields: Mapping[str, frozenset[str]] = field(default_factory=dict)  # topic -> the fields its events need
+    columnar: bool = False  # polls read column by column keep their events as columns (SourceBatch.event_columns)
 
 
 def _invalid(spec: TopicSpec, record: dict[str, Any], now_ms: int) -> ValidationError | None:
@@ -93,11 +98,13 @@ class PollRead:
 
 
 def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool, lateness_ms: int,
-              high: int | None, msgs: Sequence[Any], now_ms: int, fields: frozenset[str] | None = None) -> PollRead:
+              high: int | None, msgs: Sequence[Any], now_ms: int, fields: frozenset[str] | None = None,
+              columnar: bool = False) -> PollRead:
     """Decode one poll's messages together and sort them into events, late events and dead letters, in offset
     order. Messages with a fetch error are skipped (librdkafka retries them); a registry outage stops the
     read at the first value it concerns, to be retried, never dead-lettered. `fields`: what the records of a
-    poll decoded in bulk keep (the poll's columns hold every field); None: every field."""
+    poll decoded in bulk keep (the poll's columns hold every field); None: every field. `columnar`: see
+    `SourceBatch.event_columns`."""
     batch = SourceBatch(spec.name, partition, ingest_ms=now_ms)
     time_field = spec.time_field
     last = retry_at = None
@@ -109,7 +116,7 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
         flagged = suspects(spec, columns, now_ms)
         if flagged is not None:
             return _read_columns(spec, partition, batch, fetched, values, columns, flagged, windowed, lateness_ms,
-                                 high, now_ms, fields)
+                                 high, now_ms, fields, columnar)
     bulk = len(decoded.columns) == 1 and not decoded.records  # all that decoded, decoded in bulk
     outcomes = decoded.outcomes(len(values), fields if bulk else None)
     logged: list[int] = []  # positions in `values` of the events and late ones
@@ -155,7 +162,7 @@ def read_poll(spec: TopicSpec, partition: int, serde: TopicSerde, windowed: bool
 
 def _read_columns(spec: TopicSpec, partition: int, batch: SourceBatch, fetched: list[Any], values: list[Any],
                   columns: pa.RecordBatch, flagged: np.ndarray, windowed: bool, lateness_ms: int, high: int | None,
-                  now_ms: int, fields: frozenset[str] | None) -> PollRead:
+                  now_ms: int, fields: frozenset[str] | None, columnar: bool) -> PollRead:
     """`read_poll` of a poll whose every value was decoded in bulk, column by column: the rules on the columns
     (`suspects`; the rows they flag are checked one by one) and lateness over the time column (`admit_all`), so
     that only the records kept are made, and the loop per record is gone. The same batch as the loop gives
@@ -191,7 +198,10 @@ def _read_columns(spec: TopicSpec, partition: int, batch: SourceBatch, fetched: 
                                          f"event time {t} is {h - t} ms behind the partition's max {h} "
                                          f"(allowed lateness {lateness_ms} ms)", int(stamps[row])))
     kept = np.flatnonzero(accepted)
-    if len(kept) == n:
+    if columnar:
+        batch.event_columns = trimmed if len(kept) == n else trimmed.take(kept)
+        batch.event_offsets = [fetched[row].offset() for row in kept.tolist()]
+    elif len(kept) == n:
         batch.events = list(zip([msg.offset() for msg in fetched], records_of(trimmed), strict=True))
     elif len(kept):
         batch.events = list(zip([fetched[row].offset() for row in kept.tolist()], records_of(trimmed.take(kept)),
@@ -238,7 +248,8 @@ class _Partition(StatefulSourcePartition[SourceBatch, tuple[int, int | None]]):
             self._publish_position(False)
             return []
         read = read_poll(self._spec, self._partition, self._serde, self._windowed, self._config.lateness_ms,
-                         self._high_ts, msgs, int(time.time() * 1000), self._config.fields.get(self._spec.name))
+                         self._high_ts, msgs, int(time.time() * 1000), self._config.fields.get(self._spec.name),
+                         self._config.columnar)
         batch, high = read.batch, read.high
         self._high_ts = high
         if read.retry_at is not None:

@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -181,7 +182,10 @@ class EventLogWriter:
         self._upto = self.written_upto
 
     def add(self, batch: SourceBatch) -> None:
-        records = [(o, r, False) for o, r in batch.events]
+        if batch.event_columns is not None:  # events kept as columns: `batch.columns` holds them, records are not made
+            records: list[tuple[int, Any, bool]] = [(o, None, False) for o in batch.event_offsets]
+        else:
+            records = [(o, r, False) for o, r in batch.events]
         if batch.late:
             records = sorted(records + [(o, r, True) for o, r in batch.late], key=lambda x: x[0])
         offsets: list[int] = []
