@@ -48,6 +48,8 @@ def main() -> None:
                        "the native one was not built (apt-get install g++, then pip install -e . again)"))
     flow = build_flow(FlowConfig.from_settings(settings))
     tune_gc(settings.features_gc_thresholds)  # the flow's state is millions of small containers
+    if native_state is not None:
+        native_state.keep_arenas(settings.features_arena_cache_mb)  # polls' objects come and go a poll at a time
     try:
         cli_main(
             flow,

@@ -1,9 +1,11 @@
 """The flow's columnar path (a poll's events kept as columns, `route_columns`, the compiled `fold_block`) leaves every
-shard as the record path does (records, `route`, `fold_events`), batch after batch."""
+shard as the record path does (records, `route`, `fold_events`), batch after batch, also after crossing to
+another process (pickled)."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import time
 from typing import Any
@@ -93,8 +95,9 @@ def test_shards_fed_columns_are_the_shards_fed_records(seed: int) -> None:
                                  highs[columnar], poll, NOW, fields, columnar)
                 highs[columnar] = read.high
                 got = []
-                for key, part in route_batch(read.batch, 4):
-                    blocks += columnar and part.block is not None
+                for key, routed in route_batch(read.batch, 4):
+                    blocks += columnar and routed.block is not None
+                    part = pickle.loads(pickle.dumps(routed))  # as Bytewax hands it to another process
                     state = shards[columnar].setdefault(key, ShardState(part.entity, **options))
                     state.clock = i
                     writes = state.apply([part])

@@ -272,3 +272,35 @@ def test_compiled_float_text_is_repr_over_random_bit_patterns_and_decimals():
     values += [rnd.randrange(10**rnd.randrange(1, 18)) * 10.0 ** rnd.randrange(-25, 25) for _ in range(100_000)]
     values += [0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 1e-4, 1e-5, 5e-324, 1.7976931348623157e308]
     assert [v for v in values if native_state.float_repr(v) != repr(v)] == []
+
+
+_ARENAS = """
+import resource, sys
+from streams.features import native_state
+kept = native_state.keep_arenas(int(sys.argv[1]))
+faults = []
+for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    junk = [{"a": i, "b": str(i)} for i in range(200_000)]  # ~60 MB of small objects, then freed
+    del junk
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, kept and native_state.keep_arenas(8), *faults)
+"""
+
+
+@pytest.mark.parametrize("keep", [0, 256])
+def test_emptied_arenas_are_kept_for_reuse_so_their_pages_do_not_fault_again(keep):
+    """Without the cache, every round of objects made and freed maps fresh arenas (the kernel zeroes each page); with
+    it, only the first round faults. In a fresh interpreter: the allocator is process-wide and set once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _ARENAS, str(keep)], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.split()
+    kept, again, first, later = out[0], out[1], int(out[2]), [int(x) for x in out[3:]]
+    assert (kept, again) == (str(keep > 0), "False")  # set once; a second call changes nothing
+    assert first > 5_000  # the first round maps its arenas either way
+    if keep:
+        assert max(later) < first // 10
+    else:
+        assert min(later) > first // 2
