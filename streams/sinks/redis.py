@@ -108,15 +108,16 @@ class FeatureWriter:
         return self._targets
 
     def write(self, batches: Iterable[EntityWrites]) -> tuple[int, int]:
-        """Write every row; returns (applied, refused-as-stale)."""
+        """Write the last row of each key the batches hold; returns (applied, refused-as-stale) of those."""
         batches = [b for b in batches if b.rows]
         if not batches:
             return 0, 0
+        latest = latest_rows(batches)
         started = time.monotonic()
         delay = 0.05
         while True:
             try:
-                results = self._write_once(batches)
+                results = self._write_once(latest)
                 break
             except redis.RedisError as exc:
                 metrics.REDIS_ERRORS.inc()
@@ -129,7 +130,7 @@ class FeatureWriter:
         now_ms = time.time() * 1000
         applied = stale = 0
         pos = 0
-        for batch in batches:
+        for batch in latest:
             n = len(batch.rows)
             ok = sum(1 for r in results[pos:pos + n] if r == 1)
             pos += n
@@ -138,6 +139,7 @@ class FeatureWriter:
             metrics.REDIS_KEYS_WRITTEN.labels(batch.entity).inc(ok)
             if n - ok:
                 metrics.REDIS_STALE_WRITES.labels(batch.entity).inc(n - ok)
+        for batch in batches:  # each batch's events are reflected now, whether or not its rows were superseded
             if batch.max_kafka_ts:
                 metrics.FRESHNESS_SECONDS.observe(max(0.0, (now_ms - batch.max_kafka_ts) / 1000))
         return applied, stale
@@ -182,6 +184,22 @@ class FeatureWriter:
 
     def close(self) -> None:
         self._client.close()
+
+
+def latest_rows(batches: list[EntityWrites]) -> list[EntityWrites]:
+    """Per entity, one row per id: its last. Batches that queued up behind a write go out together, and a later row
+    of an entity supersedes an earlier one (its event time is not older and its values are the state's later ones),
+    so the script would have left the key as the last row alone leaves it; each row costs Redis 7-9 us."""
+    if len(batches) == 1:
+        return batches
+    by_entity: dict[str, dict[str, tuple[str, int, dict[str, Any]]]] = {}
+    newest: dict[str, int] = {}
+    for batch in batches:
+        rows = by_entity.setdefault(batch.entity, {})
+        for row in batch.rows:
+            rows[row[0]] = row
+        newest[batch.entity] = max(newest.get(batch.entity, 0), batch.max_kafka_ts)
+    return [EntityWrites(entity, list(rows.values()), newest[entity]) for entity, rows in by_entity.items()]
 
 
 def _new_writer(url: str, namespace: str | None) -> BackgroundWriter[tuple[str, EntityWrites]]:

@@ -53,3 +53,17 @@ def test_namespace_keeps_writes_out_of_serving_keys(redis_db_url):
     client = redis.Redis.from_url(redis_db_url)
     assert client.exists(feature_key("user", "u4")) == 0
     assert client.exists(feature_key("user", "u4", "blue")) == 1
+
+
+def test_rows_queued_together_write_each_key_once_with_its_last_row(redis_db_url):
+    """Batches that queued up behind a write go out as one: an entity's later row supersedes its earlier ones
+    (as the script would have, row after row), so each key is written once."""
+    writer = FeatureWriter(redis_db_url)
+    client = redis.Redis.from_url(redis_db_url, decode_responses=True)
+    first = EntityWrites("user", [("u7", 100, {"views_1h": 1, "tier": "plus"}), ("u8", 100, {"views_1h": 5})], 1)
+    second = EntityWrites("user", [("u7", 130, {"views_1h": 2})], 3)
+    items = EntityWrites("item", [("i7", 120, {"views_1h": 9})], 2)
+    assert writer.write([first, items, second]) == (3, 0)  # u7 once (its last row), u8, i7
+    assert client.hgetall(feature_key("user", "u7")) == {"_ts": "130", "views_1h": "2"}  # tier gone, as row 2 says
+    assert client.hget(feature_key("user", "u8"), "views_1h") == "5"
+    assert client.hget(feature_key("item", "i7"), "views_1h") == "9"
