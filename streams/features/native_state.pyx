@@ -6,7 +6,9 @@
 same state (`dump()`, bit for bit) and values after every event. Tile rows live in C++ vectors in insertion
 order, so window sums add the same floats in the same order as the reference's dicts; distinct sets and
 sessions stay Python dicts (their keys are whatever the events carry). `freeze()` packs a state into bytes
-without pickle: it runs for every entity a micro-batch changed.
+without pickle: it runs for every entity a micro-batch changed. An event reaches a state as a `View`, filled from a
+record (`fold_events`) or from a row of columns (`fold_block`), so both fold the same way. Also here, as the flow's
+one compiled module: its routing, the Redis writer's commands and the object allocator's arena cache.
 """
 
 cimport cython
@@ -830,13 +832,18 @@ def crc32(str text) -> int:
     return _crc32(<const unsigned char*>p, n)
 
 
+cdef inline int _shard(str eid, int shards) except -1:
+    """`shard_of(eid, shards)`: the crc32 of its UTF-8 bytes, modulo."""
+    cdef Py_ssize_t n
+    cdef const char* p = PyUnicode_AsUTF8AndSize(eid, &n)
+    return _crc32(<const unsigned char*>p, n) % shards
+
+
 def group_by_shard(list records, str field, bint cdc, int shards) -> list:
     """`route`'s split of one batch for one entity, compiled: [(shard, [(entity id, record), ...]), ...], shards in
     the order of their first record; records without the id field are left out."""
     cdef list buckets = [None] * shards
     cdef list order = []
-    cdef Py_ssize_t n
-    cdef const char* p
     cdef int k
     for _, record in records:
         if cdc:
@@ -847,8 +854,7 @@ def group_by_shard(list records, str field, bint cdc, int shards) -> list:
         if value is None:
             continue
         eid = value if isinstance(value, str) else str(value)
-        p = PyUnicode_AsUTF8AndSize(eid, &n)
-        k = _crc32(<const unsigned char*>p, n) % shards
+        k = _shard(eid, shards)
         bucket = buckets[k]
         if bucket is None:
             bucket = buckets[k] = []
@@ -862,16 +868,14 @@ def shard_rows(list ids, int shards) -> list:
     order of their first row; rows without an id are left out."""
     cdef list buckets = [None] * shards
     cdef list order = []
-    cdef Py_ssize_t n, row = -1
-    cdef const char* p
+    cdef Py_ssize_t row = -1
     cdef int k
     for value in ids:
         row += 1
         if value is None:
             continue
         eid = value if isinstance(value, str) else str(value)
-        p = PyUnicode_AsUTF8AndSize(eid, &n)
-        k = _crc32(<const unsigned char*>p, n) % shards
+        k = _shard(eid, shards)
         bucket = buckets[k]
         if bucket is None:
             bucket = buckets[k] = ([], [])

@@ -2,7 +2,8 @@
 
 Bytewax keys its state by shard (`user:7`), not by entity id, so its per-key overhead is paid per
 batch; inside, a plain dict holds one entity state per id (the plan's engine: `EntityState`, or its compiled
-twin, which also runs this module's two per-event loops). Pure: no I/O.
+twin, which also runs this module's two per-event loops). With the compiled engine, a poll's events can also
+arrive as columns (`route_columns`: an `EventBlock` per shard, no dict per event). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ them instead of one per partition, which is most of what an idle flow costs the 
 
 Each poll becomes one `SourceBatch` (decoded events, dead letters), so the rest of the dataflow pays
 Bytewax's per-item cost once per batch, not per event; its values are decoded together, in bulk
-when they allow it (`TopicSerde.deserialize_many`: the same records as one by one, ~3x faster).
-Lateness is decided here, per source partition, in offset order, so the decision is the same on
+when they allow it (`TopicSerde.deserialize_many`: the same records as one by one, ~3x faster). A poll
+decoded whole in bulk is checked column by column (`_read_columns`), and with `SourceConfig.columnar` its
+events stay columns, for `route_columns`. Lateness is decided here, per source partition, in offset order, so the decision is the same on
 every run and in replay. The read position is also committed to the `streamml-features` group
 (about once a second and at each snapshot), so the ops lag exporter and standard lag tools see the
 flow; the recovery store, not the group, is what a restart resumes from.
