@@ -67,3 +67,17 @@ def test_rows_queued_together_write_each_key_once_with_its_last_row(redis_db_url
     assert client.hgetall(feature_key("user", "u7")) == {"_ts": "130", "views_1h": "2"}  # tier gone, as row 2 says
     assert client.hget(feature_key("user", "u8"), "views_1h") == "5"
     assert client.hget(feature_key("item", "i7"), "views_1h") == "9"
+
+
+def test_a_write_larger_than_one_send_reaches_every_key(redis_db_url):
+    """Script calls go out CALLS_PER_SEND at a time while the rest are packed: every key is written, once."""
+    from streams.sinks.redis import CALLS_PER_SEND, ROWS_PER_CALL
+
+    writer = FeatureWriter(redis_db_url)
+    client = redis.Redis.from_url(redis_db_url, decode_responses=True)
+    n = CALLS_PER_SEND * ROWS_PER_CALL * 2 + 7
+    rows = [(f"bulk{i}", 1_000 + i, {"views_1h": i}) for i in range(n)]
+    assert writer.write([EntityWrites("user", rows)]) == (n, 0)
+    assert [client.hget(feature_key("user", f"bulk{i}"), "views_1h") for i in (0, n // 2, n - 1)] == \
+           ["0", str(n // 2), str(n - 1)]
+    assert writer.write([EntityWrites("user", rows[:3])]) == (3, 0)  # the same event times again: absolute values
